@@ -1,0 +1,1 @@
+"""whisperwire server: speech pipeline, engines, batching scheduler and the gRPC service."""

@@ -1,0 +1,61 @@
+"""Domain types shared by the pipeline, scheduler, sessions and servicer (no proto here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Task(str, Enum):
+    TRANSCRIBE = "transcribe"
+    TRANSLATE = "translate"
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What a caller asks for. `language=None` means auto-detect."""
+
+    language: str | None = None
+    task: Task = Task.TRANSCRIBE
+    initial_prompt: str | None = None
+    timestamps: bool = True
+    beam_size: int = 1
+    # Whisper's temperature fallback ladder; the first entry is tried first.
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    log_prob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    suppress_blank: bool = True
+    # -1 stands for Whisper's default set of non-speech symbols.
+    suppress_tokens: tuple[int, ...] = (-1,)
+    max_new_tokens: int = 224
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds from the start of the audio
+    end: float
+    text: str
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each stage; `queue` and `engine` are summed over engine calls."""
+
+    decode: float = 0.0
+    features: float = 0.0
+    queue: float = 0.0
+    engine: float = 0.0
+    total: float = 0.0
+
+
+@dataclass
+class Transcript:
+    text: str
+    segments: list[Segment]
+    language: str | None
+    language_probability: float | None
+    duration: float  # seconds of audio
+    timings: Timings = field(default_factory=Timings)

@@ -1,0 +1,70 @@
+"""The engine seam: the one narrow interface every inference backend implements.
+
+The pipeline owns audio, features, prompts, fallback, segmentation and text; an engine only
+turns a batch of 30 s log-mel windows plus per-item decoder prompts into generated token ids.
+It is called from exactly one thread (the scheduler's worker), so adapters need no locking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Features = npt.NDArray[np.float32]  # [n_mels, 3000] log-mel of one 30 s window
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Per-batch decoding parameters (every item of one engine call shares them)."""
+
+    max_new_tokens: int
+    beam_size: int = 1
+    temperature: float = 0.0
+    suppress_blank: bool = True
+    suppress_tokens: tuple[int, ...] = ()
+    return_no_speech_prob: bool = True
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One item's output: generated ids only (no prompt, no end-of-text)."""
+
+    token_ids: list[int]
+    # Sum of token log-probabilities; None where the engine does not report it.
+    cum_logprob: float | None = None
+    no_speech_prob: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str  # "ctranslate2" | "trtllm" | ...
+    model: str
+    n_mels: int
+    multilingual: bool
+    num_languages: int
+    max_batch_size: int
+    # Whether the engine applies Whisper's timestamp-token rules itself.
+    supports_timestamps: bool
+    supports_word_timestamps: bool
+    device: str
+
+
+class Engine(Protocol):
+    info: EngineInfo
+
+    def generate(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        params: GenerationParams,
+    ) -> list[Generation]:
+        """Decode a batch; len(features) == len(prompts) <= info.max_batch_size."""
+        ...
+
+    def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
+        """Per item, (language code, probability) pairs, most likely first."""
+        ...
