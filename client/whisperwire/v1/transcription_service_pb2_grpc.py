@@ -42,13 +42,14 @@ class TranscriptionServiceStub:
     google.rpc.RetryInfo where a retry can help.
     - INVALID_ARGUMENT: CONFIG_REQUIRED (first stream message is not `config`),
     CONFIG_ALREADY_SET (a second `config`), UNSUPPORTED_LANGUAGE,
-    UNSUPPORTED_ENCODING, UNSUPPORTED_SAMPLE_RATE, INVALID_OPTION (an option
+    UNSUPPORTED_ENCODING, UNSUPPORTED_SAMPLE_RATE, UNSUPPORTED_CHANNEL_COUNT,
+    INVALID_OPTION (an option
     value or combination the engine cannot honour, e.g. word timestamps on an
     engine that cannot align words), AUDIO_DECODE_FAILED, EMPTY_AUDIO,
     INVALID_SAMPLES (NaN or infinite samples), CHUNK_TOO_LARGE,
     AUDIO_SEQUENCE_GAP.
-    - OUT_OF_RANGE: AUDIO_TOO_LONG (Transcribe audio over
-    ServiceLimits.max_audio_duration), STREAM_TOO_LONG (stream open longer
+    - OUT_OF_RANGE: AUDIO_TOO_LONG (Transcribe audio or one stream utterance
+    over ServiceLimits.max_audio_duration), STREAM_TOO_LONG (stream open longer
     than ServiceLimits.max_stream_duration), IDLE_TIMEOUT (no message for
     ServiceLimits.idle_timeout).
     - RESOURCE_EXHAUSTED (with RetryInfo): SERVER_BUSY (too many streams or a
@@ -103,13 +104,14 @@ class TranscriptionServiceServicer:
     google.rpc.RetryInfo where a retry can help.
     - INVALID_ARGUMENT: CONFIG_REQUIRED (first stream message is not `config`),
     CONFIG_ALREADY_SET (a second `config`), UNSUPPORTED_LANGUAGE,
-    UNSUPPORTED_ENCODING, UNSUPPORTED_SAMPLE_RATE, INVALID_OPTION (an option
+    UNSUPPORTED_ENCODING, UNSUPPORTED_SAMPLE_RATE, UNSUPPORTED_CHANNEL_COUNT,
+    INVALID_OPTION (an option
     value or combination the engine cannot honour, e.g. word timestamps on an
     engine that cannot align words), AUDIO_DECODE_FAILED, EMPTY_AUDIO,
     INVALID_SAMPLES (NaN or infinite samples), CHUNK_TOO_LARGE,
     AUDIO_SEQUENCE_GAP.
-    - OUT_OF_RANGE: AUDIO_TOO_LONG (Transcribe audio over
-    ServiceLimits.max_audio_duration), STREAM_TOO_LONG (stream open longer
+    - OUT_OF_RANGE: AUDIO_TOO_LONG (Transcribe audio or one stream utterance
+    over ServiceLimits.max_audio_duration), STREAM_TOO_LONG (stream open longer
     than ServiceLimits.max_stream_duration), IDLE_TIMEOUT (no message for
     ServiceLimits.idle_timeout).
     - RESOURCE_EXHAUSTED (with RetryInfo): SERVER_BUSY (too many streams or a
@@ -195,13 +197,14 @@ class TranscriptionService:
     google.rpc.RetryInfo where a retry can help.
     - INVALID_ARGUMENT: CONFIG_REQUIRED (first stream message is not `config`),
     CONFIG_ALREADY_SET (a second `config`), UNSUPPORTED_LANGUAGE,
-    UNSUPPORTED_ENCODING, UNSUPPORTED_SAMPLE_RATE, INVALID_OPTION (an option
+    UNSUPPORTED_ENCODING, UNSUPPORTED_SAMPLE_RATE, UNSUPPORTED_CHANNEL_COUNT,
+    INVALID_OPTION (an option
     value or combination the engine cannot honour, e.g. word timestamps on an
     engine that cannot align words), AUDIO_DECODE_FAILED, EMPTY_AUDIO,
     INVALID_SAMPLES (NaN or infinite samples), CHUNK_TOO_LARGE,
     AUDIO_SEQUENCE_GAP.
-    - OUT_OF_RANGE: AUDIO_TOO_LONG (Transcribe audio over
-    ServiceLimits.max_audio_duration), STREAM_TOO_LONG (stream open longer
+    - OUT_OF_RANGE: AUDIO_TOO_LONG (Transcribe audio or one stream utterance
+    over ServiceLimits.max_audio_duration), STREAM_TOO_LONG (stream open longer
     than ServiceLimits.max_stream_duration), IDLE_TIMEOUT (no message for
     ServiceLimits.idle_timeout).
     - RESOURCE_EXHAUSTED (with RetryInfo): SERVER_BUSY (too many streams or a
