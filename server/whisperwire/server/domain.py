@@ -18,7 +18,7 @@ class DecodeOptions:
     language: str | None = None
     task: Task = Task.TRANSCRIBE
     initial_prompt: str | None = None
-    timestamps: bool = True
+    timestamps: bool = False
     beam_size: int = 1
     # Whisper's temperature fallback ladder; the first entry is tried first.
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)

@@ -68,3 +68,44 @@ class EngineError(WhisperwireError):
     """The engine failed on a batch (maps to INTERNAL; the server keeps serving)."""
 
     reason = "ENGINE_FAILURE"
+
+
+class InvalidChannelCountError(InvalidInput):
+    """A raw PCM stream declared a channel count outside what the decoder mixes down."""
+
+    reason = "UNSUPPORTED_CHANNEL_COUNT"
+
+
+class ProtocolError(InvalidInput):
+    """A stream message out of order (CONFIG_REQUIRED, CONFIG_ALREADY_SET, ...)."""
+
+    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.reason = reason
+
+
+class StreamLimitError(WhisperwireError):
+    """A stream outlived a limit (maps to OUT_OF_RANGE: STREAM_TOO_LONG, IDLE_TIMEOUT)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BusyError(WhisperwireError):
+    """Too much work already (maps to RESOURCE_EXHAUSTED with RetryInfo)."""
+
+    reason = "SERVER_BUSY"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UnavailableError(WhisperwireError):
+    """Not serving right now (maps to UNAVAILABLE: ENGINE_NOT_READY, SERVER_DRAINING)."""
+
+    def __init__(self, message: str, *, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after

@@ -1,0 +1,181 @@
+"""Assembles and runs the server: engine → scheduler → pipeline → servicer, plus health,
+reflection, auth, metrics, warm-up and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from whisperwire.server.auth import BearerTokenInterceptor
+from whisperwire.server.config import ServerSettings
+from whisperwire.server.domain import DecodeOptions
+from whisperwire.server.engine import Engine
+from whisperwire.server.metrics import Metrics
+from whisperwire.server.pipeline import SpeechPipeline
+from whisperwire.server.scheduler import BatchScheduler
+from whisperwire.server.servicer import ServerState, TranscriptionServicer
+from whisperwire.server.tokenizer import WhisperTokenizer
+from whisperwire.v1 import transcription_service_pb2 as pb
+from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TranscriptionService"].full_name
+
+
+class ConfigurationError(Exception):
+    """Settings that cannot be served safely or at all (a startup error)."""
+
+
+def load_engine(settings: ServerSettings) -> tuple[Engine, WhisperTokenizer]:
+    """The configured engine and the tokenizer that matches its vocabulary."""
+    if settings.engine == "trtllm":
+        from whisperwire.server.engines.trtllm import load_trtllm_engine
+
+        return load_trtllm_engine(settings)
+    from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
+    from whisperwire.server.models import resolve_model
+
+    model_dir = resolve_model(settings.model)
+    engine = CTranslate2Engine(
+        model_dir,
+        model_name=Path(settings.model).name,
+        device=settings.device,
+        compute_type=settings.compute_type,
+        threads=settings.threads,
+        max_batch_size=settings.max_batch_size,
+    )
+    return engine, WhisperTokenizer.from_dir(model_dir)
+
+
+def check_exposure(settings: ServerSettings) -> None:
+    """Refuse to serve beyond loopback without a token."""
+    if settings.token is not None:
+        return
+    try:
+        loopback = ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        loopback = settings.host == "localhost"
+    if not loopback:
+        raise ConfigurationError(
+            f"binding to {settings.host} needs --token (or WHISPERWIRE_TOKEN): "
+            "the server would be reachable by others"
+        )
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    state: ServerState
+    scheduler: BatchScheduler
+    health: health.aio.HealthServicer
+    metrics: Metrics
+    pipeline: SpeechPipeline
+
+    async def warm_up(self) -> None:
+        """One real decode before reporting SERVING (catches a broken engine early)."""
+        started = time.perf_counter()
+        t = np.arange(16000, dtype=np.float32) / 16000
+        tone = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        language = None if self.pipeline.tokenizer.multilingual else "en"
+        await self.pipeline.transcribe(tone, DecodeOptions(language=language), use_vad=False)
+        self.state.ready = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("warm-up decode took %.2f s; serving on port %d", time.perf_counter() - started, self.port)
+
+    async def drain_and_stop(self, grace: float) -> None:
+        """Stop taking calls, give every open utterance its final, then exit."""
+        log.info("draining: %d open streams", len(self.state.streams))
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.state.drain()
+        await self.server.stop(grace)
+        await self.scheduler.stop()
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+
+async def start_server(
+    settings: ServerSettings,
+    engine: Engine,
+    tokenizer: WhisperTokenizer,
+    *,
+    warm_up: bool = True,
+) -> RunningServer:
+    check_exposure(settings)
+    metrics = Metrics()
+    scheduler = BatchScheduler(
+        engine,
+        max_batch_size=settings.max_batch_size,
+        max_wait=settings.batch_wait_ms / 1000,
+        max_queue=settings.max_queue,
+        metrics=metrics,
+    )
+    scheduler.start()
+    pipeline = SpeechPipeline(
+        tokenizer, engine.info, scheduler, max_audio_seconds=settings.max_audio_seconds
+    )
+    state = ServerState(settings)
+    interceptors = (
+        [BearerTokenInterceptor(settings.token.get_secret_value())] if settings.token else []
+    )
+    server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
+    pb_grpc.add_TranscriptionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        TranscriptionServicer(pipeline, state, metrics), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    running = RunningServer(server, port, state, scheduler, health_servicer, metrics, pipeline)
+    await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    if warm_up:
+        await running.warm_up()
+    else:
+        state.ready = True
+        await running._set_health(health_pb2.HealthCheckResponse.SERVING)
+    return running
+
+
+def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", settings.max_request_bytes),
+        # Push-to-talk streams sit silent for minutes: let clients keep them alive.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGTERM/SIGINT, then drain."""
+    engine, tokenizer = await asyncio.to_thread(load_engine, settings)
+    running = await start_server(settings, engine, tokenizer)
+    print(f"whisperwire serving {engine.info.model} ({engine.info.name}, {engine.info.device}) "
+          f"on {settings.host}:{running.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.drain_and_stop(settings.grace_seconds)

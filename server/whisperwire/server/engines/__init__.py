@@ -1,0 +1,1 @@
+"""Engine adapters behind the seam in `whisperwire.server.engine`."""

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one server instance (own registry, so tests can run many servers)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge(
+            "whisperwire_queue_depth", "Engine work items waiting for a batch", registry=r
+        )
+        self.batch_size = Histogram(
+            "whisperwire_batch_size",
+            "Items per engine call",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.engine_seconds = Histogram(
+            "whisperwire_engine_seconds",
+            "Wall time of one engine call",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "whisperwire_request_seconds",
+            "Time from request (or push-to-talk release) to result",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.real_time_factor = Histogram(
+            "whisperwire_real_time_factor",
+            "Processing seconds per second of audio",
+            ["method"],
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "whisperwire_audio_seconds", "Seconds of audio transcribed", ["method"], registry=r
+        )
+        self.requests = Counter(
+            "whisperwire_requests", "Finished calls by method and code", ["method", "code"], registry=r
+        )
+        self.active_streams = Gauge("whisperwire_active_streams", "Open StreamAudio calls", registry=r)

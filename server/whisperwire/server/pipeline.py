@@ -1,0 +1,278 @@
+"""The speech pipeline: audio → windows → log-mel → prompts → engine (with fallback) → transcript.
+
+Everything engine-independent lives here, so an engine adapter stays a thin shim. CPU work
+(decoding, VAD, features) runs in worker threads; the engine is reached through a Runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from whisperwire.server import audio as audio_io
+from whisperwire.server import vad
+from whisperwire.server.domain import DecodeOptions, Segment, Task, Timings, Transcript
+from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
+from whisperwire.server.errors import AudioTooLongError, InvalidOptionError
+from whisperwire.server.features import window_features
+from whisperwire.server.runner import Priority, Runner
+from whisperwire.server.tokenizer import WhisperTokenizer
+
+Audio = npt.NDArray[np.float32]
+MAX_BEAM_SIZE = 8
+
+
+@dataclass(frozen=True)
+class Window:
+    """One ≤ 30 s slice of the audio, with its features; offsets in seconds."""
+
+    start: float
+    end: float
+    features: Features
+
+
+@dataclass(frozen=True)
+class Decoded:
+    window: Window
+    generation: Generation
+    temperature: float
+
+    @property
+    def avg_logprob(self) -> float | None:
+        cum = self.generation.cum_logprob
+        # +1 counts the end-of-text token, as Whisper does.
+        return None if cum is None else cum / (len(self.generation.token_ids) + 1)
+
+
+class SpeechPipeline:
+    def __init__(
+        self,
+        tokenizer: WhisperTokenizer,
+        engine: EngineInfo,
+        runner: Runner,
+        *,
+        max_audio_seconds: float = 3 * 3600,
+        vad_aggressiveness: int = 2,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.runner = runner
+        self.max_audio_seconds = max_audio_seconds
+        self.vad_aggressiveness = vad_aggressiveness
+
+    # ---- validation -------------------------------------------------------------------
+    def validate(self, options: DecodeOptions) -> DecodeOptions:
+        """Reject what the model or engine cannot do; normalise the language code."""
+        if options.language is not None:
+            self.tokenizer.language_token(options.language)  # raises on unknown codes
+        if options.task is Task.TRANSLATE and not self.tokenizer.multilingual:
+            raise InvalidOptionError("translate needs a multilingual model", field="task")
+        if not 1 <= options.beam_size <= MAX_BEAM_SIZE:
+            raise InvalidOptionError(
+                f"beam_size must be 1..{MAX_BEAM_SIZE}, got {options.beam_size}", field="beam_size"
+            )
+        if any(not 0.0 <= t <= 1.0 for t in options.temperatures) or not options.temperatures:
+            raise InvalidOptionError("temperature must be within 0..1", field="temperature")
+        if options.timestamps and not self.engine.supports_timestamps:
+            raise InvalidOptionError(
+                f"the {self.engine.name} engine cannot produce segment timestamps; "
+                "segment offsets then come from the server's voice-activity windows",
+                field="enable_segment_timestamps",
+            )
+        return options
+
+    # ---- entry points -----------------------------------------------------------------
+    async def transcribe_bytes(
+        self, data: bytes, options: DecodeOptions, *, priority: Priority = Priority.FINAL
+    ) -> Transcript:
+        started = time.perf_counter()
+        options = self.validate(options)
+        samples = await asyncio.to_thread(
+            audio_io.decode_audio, data, max_seconds=self.max_audio_seconds
+        )
+        decoded_at = time.perf_counter()
+        transcript = await self.transcribe(samples, options, priority=priority)
+        transcript.timings.decode = decoded_at - started
+        transcript.timings.total = time.perf_counter() - started
+        return transcript
+
+    async def transcribe(
+        self,
+        samples: Audio,
+        options: DecodeOptions,
+        *,
+        priority: Priority = Priority.FINAL,
+        offset: float = 0.0,
+        use_vad: bool = True,
+    ) -> Transcript:
+        """Transcribe 16 kHz mono audio; segment times are offset by `offset` seconds."""
+        started = time.perf_counter()
+        options = self.validate(options)
+        duration = len(samples) / audio_io.SAMPLE_RATE
+        if duration > self.max_audio_seconds:
+            raise AudioTooLongError(
+                f"audio is {duration:.1f} s, the limit is {self.max_audio_seconds:.0f} s"
+            )
+        timings = Timings()
+        windows = await asyncio.to_thread(self._windows, samples, offset, use_vad)
+        timings.features = time.perf_counter() - started
+        if not windows:
+            return Transcript("", [], options.language, None, duration, timings)
+        language, probability = await self._language(windows, options, priority, timings)
+        decoded = await self._decode_with_fallback(windows, language, options, priority, timings)
+        segments = [s for d in decoded if not self._is_silence(d, options) for s in self._segments(d)]
+        text = " ".join(s.text for s in segments if s.text)
+        timings.total = time.perf_counter() - started
+        return Transcript(text, segments, language, probability, duration, timings)
+
+    # ---- stages -----------------------------------------------------------------------
+    def _windows(self, samples: Audio, offset: float, use_vad: bool) -> list[Window]:
+        spans = (
+            vad.speech_spans(samples, aggressiveness=self.vad_aggressiveness)
+            if use_vad
+            else [vad.Span(0, len(samples))]
+        )
+        if use_vad and len(samples) <= vad.WINDOW_SECONDS * vad.SAMPLE_RATE and spans:
+            # A short clip with any speech is decoded whole: trimming buys nothing.
+            spans = [vad.Span(0, len(samples))]
+        return [
+            Window(
+                start=offset + span.start / vad.SAMPLE_RATE,
+                end=offset + span.end / vad.SAMPLE_RATE,
+                features=window_features(samples[span.start : span.end], self.engine.n_mels),
+            )
+            for span in vad.plan_windows(samples, spans)
+            if span.end > span.start
+        ]
+
+    async def _language(
+        self,
+        windows: list[Window],
+        options: DecodeOptions,
+        priority: Priority,
+        timings: Timings,
+    ) -> tuple[str | None, float | None]:
+        if options.language is not None:
+            code = self.tokenizer.language_code(self.tokenizer.language_token(options.language))
+            return code, None
+        if not self.tokenizer.multilingual:
+            return "en", None
+        # Like Whisper, the first window decides the language of the whole input.
+        [ranked] = await self.runner.detect_language(
+            [windows[0].features], priority=priority, timings=timings
+        )
+        code, probability = ranked[0]
+        return code, probability
+
+    async def _decode_with_fallback(
+        self,
+        windows: list[Window],
+        language: str | None,
+        options: DecodeOptions,
+        priority: Priority,
+        timings: Timings,
+    ) -> list[Decoded]:
+        prompt = self._prompt(language, options)
+        results: dict[int, Decoded] = {}
+        pending = list(range(len(windows)))
+        for attempt, temperature in enumerate(options.temperatures):
+            params = self._params(options, temperature)
+            generations = await self.runner.generate(
+                [windows[i].features for i in pending],
+                [prompt] * len(pending),
+                params,
+                priority=priority,
+                timings=timings,
+            )
+            last = attempt == len(options.temperatures) - 1
+            retry: list[int] = []
+            for i, generation in zip(pending, generations, strict=True):
+                results[i] = Decoded(windows[i], generation, temperature)
+                if not last and self._needs_fallback(results[i], options):
+                    retry.append(i)
+            pending = retry
+            if not pending:
+                break
+        return [results[i] for i in range(len(windows))]
+
+    def _prompt(self, language: str | None, options: DecodeOptions) -> list[int]:
+        previous = self.tokenizer.encode(options.initial_prompt) if options.initial_prompt else []
+        return self.tokenizer.prompt(
+            language=language,
+            task=options.task,
+            timestamps=options.timestamps,
+            previous_text_ids=previous,
+        )
+
+    def _params(self, options: DecodeOptions, temperature: float) -> GenerationParams:
+        suppress = tuple(
+            t
+            for token in options.suppress_tokens
+            for t in (self.tokenizer.non_speech_tokens() if token == -1 else (token,))
+        )
+        return GenerationParams(
+            max_new_tokens=options.max_new_tokens,
+            # Sampling ignores beams, as in Whisper.
+            beam_size=options.beam_size if temperature == 0 else 1,
+            temperature=temperature,
+            suppress_blank=options.suppress_blank,
+            suppress_tokens=suppress,
+        )
+
+    def _needs_fallback(self, decoded: Decoded, options: DecodeOptions) -> bool:
+        if self._is_silence(decoded, options):
+            return False
+        text = self.tokenizer.decode(decoded.generation.token_ids)
+        too_repetitive = (
+            options.compression_ratio_threshold is not None
+            and compression_ratio(text) > options.compression_ratio_threshold
+        )
+        avg = decoded.avg_logprob
+        too_unlikely = (
+            options.log_prob_threshold is not None
+            and avg is not None
+            and avg < options.log_prob_threshold
+        )
+        return too_repetitive or too_unlikely
+
+    @staticmethod
+    def _is_silence(decoded: Decoded, options: DecodeOptions) -> bool:
+        """Whisper's rule: a likely no-speech window whose text is also unlikely is skipped."""
+        no_speech = decoded.generation.no_speech_prob
+        avg = decoded.avg_logprob
+        if options.no_speech_threshold is None or no_speech is None:
+            return False
+        if no_speech <= options.no_speech_threshold:
+            return False
+        return avg is None or options.log_prob_threshold is None or avg < options.log_prob_threshold
+
+    def _segments(self, decoded: Decoded) -> list[Segment]:
+        window, generation = decoded.window, decoded.generation
+        common = {"avg_logprob": decoded.avg_logprob, "no_speech_prob": generation.no_speech_prob}
+        ids = generation.token_ids
+        if not any(t >= self.tokenizer.timestamp_begin for t in ids):
+            text = self.tokenizer.decode(ids).strip()
+            return [Segment(window.start, window.end, text, **common)] if text else []
+        segments = []
+        for start, end, text_ids in self.tokenizer.split_timestamped(ids):
+            text = self.tokenizer.decode(text_ids).strip()
+            if text:
+                segments.append(
+                    Segment(
+                        min(window.start + start, window.end),
+                        min(window.start + end, window.end),
+                        text,
+                        **common,
+                    )
+                )
+        return segments
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0

@@ -1,0 +1,201 @@
+"""The batching scheduler: one loop per engine that batches every caller's windows.
+
+All engine calls happen on one dedicated thread, in order (ModelRunnerCpp.generate is not safe
+to call concurrently). Callers await futures; a caller that goes away cancels its futures, and
+cancelled work is dropped before it reaches the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from whisperwire.server.domain import Timings
+from whisperwire.server.engine import Engine, Features, Generation, GenerationParams
+from whisperwire.server.errors import BusyError, EngineError
+from whisperwire.server.metrics import Metrics
+from whisperwire.server.runner import Priority
+
+log = logging.getLogger(__name__)
+
+DETECT = "detect-language"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    value: Any
+    started: float
+    finished: float
+
+
+@dataclass(order=True)
+class _Work:
+    priority: Priority
+    seq: int
+    key: Hashable = field(compare=False)  # items with equal keys may share an engine call
+    features: Features = field(compare=False)
+    prompt: Sequence[int] | None = field(compare=False)
+    future: asyncio.Future[_Outcome] = field(compare=False)
+    enqueued: float = field(compare=False)
+
+
+class BatchScheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch_size: int | None = None,
+        max_wait: float = 0.005,
+        max_queue: int = 512,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_batch_size = min(max_batch_size or engine.info.max_batch_size, engine.info.max_batch_size)
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self.metrics = metrics or Metrics()
+        self._pending: list[_Work] = []
+        self._wakeup = asyncio.Event()
+        self._seq = itertools.count()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._task: asyncio.Task[None] | None = None
+        self._batch_seconds = 0.5  # running estimate, for RetryInfo
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="batch-scheduler")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for work in self._pending:
+            work.future.cancel()
+        self._pending.clear()
+        self._executor.shutdown(wait=True)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    # ---- Runner ---------------------------------------------------------------------------
+    async def generate(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        params: GenerationParams,
+        *,
+        priority: Priority,
+        timings: Timings,
+    ) -> list[Generation]:
+        items = [(f, p) for f, p in zip(features, prompts, strict=True)]
+        outcomes = await self._submit(params, items, priority, timings)
+        return [o.value for o in outcomes]
+
+    async def detect_language(
+        self, features: Sequence[Features], *, priority: Priority, timings: Timings
+    ) -> list[list[tuple[str, float]]]:
+        outcomes = await self._submit(DETECT, [(f, None) for f in features], priority, timings)
+        return [o.value for o in outcomes]
+
+    async def _submit(
+        self,
+        key: Hashable,
+        items: list[tuple[Features, Sequence[int] | None]],
+        priority: Priority,
+        timings: Timings,
+    ) -> list[_Outcome]:
+        if len(self._pending) + len(items) > self.max_queue:
+            raise BusyError(
+                f"engine queue is full ({len(self._pending)} items waiting)",
+                retry_after=self._retry_after(),
+            )
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        works = [
+            _Work(priority, next(self._seq), key, f, p, loop.create_future(), now) for f, p in items
+        ]
+        self._pending.extend(works)
+        self.metrics.queue_depth.set(len(self._pending))
+        self._wakeup.set()
+        try:
+            outcomes = await asyncio.gather(*(w.future for w in works))
+        except BaseException:
+            for w in works:
+                w.future.cancel()  # dropped by the loop before it reaches the engine
+            raise
+        timings.queue += min(o.started for o in outcomes) - now
+        timings.engine += max(o.finished for o in outcomes) - min(o.started for o in outcomes)
+        return list(outcomes)
+
+    def _retry_after(self) -> float:
+        batches_ahead = len(self._pending) / max(1, self.max_batch_size)
+        return max(0.1, batches_ahead * self._batch_seconds)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            await self._gather_window()
+            batch = self._take_batch()
+            if not self._pending:
+                self._wakeup.clear()
+            self.metrics.queue_depth.set(len(self._pending))
+            if batch:
+                await self._run(batch)
+
+    async def _gather_window(self) -> None:
+        """Give concurrent callers a moment to join the batch, unless it is already full."""
+        deadline = min(w.enqueued for w in self._pending) + self.max_wait if self._pending else 0
+        while len(self._pending) < self.max_batch_size and time.perf_counter() < deadline:
+            await asyncio.sleep(min(0.001, deadline - time.perf_counter()))
+
+    def _take_batch(self) -> list[_Work]:
+        live = sorted(w for w in self._pending if not w.future.done())
+        if not live:
+            self._pending.clear()
+            return []
+        key = live[0].key  # most urgent, oldest first
+        batch = [w for w in live if w.key == key][: self.max_batch_size]
+        taken = {id(w) for w in batch}
+        self._pending = [w for w in live if id(w) not in taken]
+        return batch
+
+    async def _run(self, batch: list[_Work]) -> None:
+        call = self._engine_call(batch)
+        kind = "detect" if batch[0].key == DETECT else "generate"
+        started = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except Exception as exc:  # only this batch's callers fail; the loop keeps serving
+            log.exception("engine call failed", extra={"batch_size": len(batch), "kind": kind})
+            error = EngineError(f"engine failed on a batch of {len(batch)}: {exc}")
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(error)
+            return
+        finished = time.perf_counter()
+        self._observe(kind, len(batch), finished - started)
+        for w, value in zip(batch, results, strict=True):
+            if not w.future.done():
+                w.future.set_result(_Outcome(value, started, finished))
+
+    def _engine_call(self, batch: list[_Work]) -> Callable[[], list[Any]]:
+        features = [w.features for w in batch]
+        if batch[0].key == DETECT:
+            return lambda: list(self.engine.detect_language(features))
+        params = batch[0].key
+        assert isinstance(params, GenerationParams)
+        prompts = [w.prompt or [] for w in batch]
+        return lambda: list(self.engine.generate(features, prompts, params))
+
+    def _observe(self, kind: str, size: int, seconds: float) -> None:
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+        self.metrics.batch_size.observe(size)
+        self.metrics.engine_seconds.labels(kind).observe(seconds)
