@@ -1,0 +1,113 @@
+"""Log-mel features against an independent reference: torch.stft + OpenAI's mel_filters.npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+from whisperwire.server.audio import decode_audio
+from whisperwire.server.features import (
+    N_FRAMES,
+    N_SAMPLES,
+    log_mel_spectrogram,
+    mel_filters,
+    pad_or_trim,
+    window_features,
+)
+
+N_MELS = [80, 128]
+
+
+@pytest.fixture(scope="module")
+def openai_filters(whisper_assets_dir: Path) -> dict[int, npt.NDArray[np.float32]]:
+    with np.load(whisper_assets_dir / "mel_filters.npz") as npz:
+        return {n_mels: npz[f"mel_{n_mels}"] for n_mels in N_MELS}
+
+
+@pytest.fixture(scope="module")
+def jfk(jfk_path: Path) -> npt.NDArray[np.float32]:
+    return decode_audio(jfk_path.read_bytes())
+
+
+def reference_log_mel(
+    audio: npt.NDArray[np.float32], filters: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """OpenAI's definition, written with torch: STFT, power, mel, log10, clamp, scale."""
+    stft = torch.stft(
+        torch.from_numpy(audio),
+        n_fft=400,
+        hop_length=160,
+        window=torch.hann_window(400),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    power = stft[..., :-1].abs() ** 2
+    log_spec = torch.clamp(torch.from_numpy(filters) @ power, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    result: npt.NDArray[np.float32] = ((log_spec + 4.0) / 4.0).numpy()
+    return result
+
+
+@pytest.mark.parametrize("n_mels", N_MELS)
+def test_filterbank_matches_openai_npz(
+    n_mels: int, openai_filters: dict[int, npt.NDArray[np.float32]]
+) -> None:
+    ours = mel_filters(n_mels)
+
+    assert ours.shape == openai_filters[n_mels].shape == (n_mels, 201)
+    np.testing.assert_allclose(ours, openai_filters[n_mels], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_mels", N_MELS)
+def test_jfk_window_matches_the_reference(
+    n_mels: int,
+    jfk: npt.NDArray[np.float32],
+    openai_filters: dict[int, npt.NDArray[np.float32]],
+) -> None:
+    features = window_features(jfk, n_mels)
+
+    expected = reference_log_mel(pad_or_trim(jfk), openai_filters[n_mels])
+    assert features.shape == expected.shape == (n_mels, N_FRAMES)
+    assert features.dtype == np.float32
+    assert np.abs(features - expected).max() < 1e-3
+
+
+@pytest.mark.parametrize("n_mels", N_MELS)
+def test_unpadded_speech_and_noise_match_the_reference(
+    n_mels: int,
+    jfk: npt.NDArray[np.float32],
+    openai_filters: dict[int, npt.NDArray[np.float32]],
+) -> None:
+    noise = np.random.default_rng(7).normal(0, 0.1, 123_457).astype(np.float32)
+    for audio in (jfk, noise):
+        features = log_mel_spectrogram(audio, n_mels)
+
+        expected = reference_log_mel(audio, openai_filters[n_mels])
+        assert features.shape == expected.shape == (n_mels, len(audio) // 160)
+        assert np.abs(features - expected).max() < 1e-3
+
+
+def test_window_is_padded_or_trimmed_to_thirty_seconds(jfk: npt.NDArray[np.float32]) -> None:
+    long_audio = np.tile(jfk, 4)  # 44 s
+
+    trimmed = window_features(long_audio, 80)
+
+    assert trimmed.shape == (80, N_FRAMES)
+    np.testing.assert_array_equal(trimmed, log_mel_spectrogram(long_audio[:N_SAMPLES], 80))
+    assert window_features(jfk[:16000], 80).shape == (80, N_FRAMES)
+
+
+def test_silence_is_flat_at_the_floor() -> None:
+    features = window_features(np.zeros(16000, np.float32), 80)
+
+    np.testing.assert_array_equal(features, np.full((80, N_FRAMES), (-10 + 4) / 4))
+
+
+@pytest.mark.parametrize("n_mels", [0, 64, 100, 129])
+def test_only_80_or_128_mels(n_mels: int) -> None:
+    with pytest.raises(ValueError, match="80, 128"):
+        log_mel_spectrogram(np.zeros(1600, np.float32), n_mels)
