@@ -142,3 +142,11 @@ def test_cache_dir_comes_from_the_environment(
 
     monkeypatch.delenv("WHISPERWIRE_CACHE_DIR")
     assert default_cache_dir() == Path.home() / ".cache" / "whisperwire"
+
+
+def test_an_unwritable_cache_names_the_setting_to_change(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("a file where the cache should be")
+
+    with pytest.raises(ModelNotFoundError, match="WHISPERWIRE_CACHE_DIR"):
+        resolve_model("base", cache_dir=not_a_directory, allow_download=False)

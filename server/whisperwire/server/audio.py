@@ -94,9 +94,14 @@ def _open_container(data: bytes) -> av.container.InputContainer:
         return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError) as error:
         raise AudioDecodeError(
-            f"cannot read the audio container (not a supported audio format?): {error}",
+            f"cannot read the audio container (not a supported audio format?): {_reason(error)}",
             field="audio",
         ) from error
+
+
+def _reason(error: Exception) -> str:
+    # FFmpeg errors carry the library's own wording; str() adds errno and a file of '<none>'.
+    return getattr(error, "strerror", None) or str(error)
 
 
 def _decode_first_audio_stream(
@@ -156,7 +161,7 @@ def _nonempty(samples: Samples, last_error: av.FFmpegError | None) -> Samples:
     if len(samples):
         return samples
     if last_error is not None:
-        raise AudioDecodeError(f"no decodable audio: {last_error}", field="audio")
+        raise AudioDecodeError(f"no decodable audio: {_reason(last_error)}", field="audio")
     raise EmptyAudioError("the audio stream holds no samples", field="audio")
 
 

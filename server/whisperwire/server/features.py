@@ -76,7 +76,9 @@ def _normalise_log(mel: Spectrogram) -> Spectrogram:
 @cache
 def _hann_window() -> npt.NDArray[np.float32]:
     # Periodic Hann (torch.hann_window's default): the symmetric N+1 window without its end.
-    return np.hanning(N_FFT + 1)[:-1].astype(np.float32)
+    window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)
+    window.flags.writeable = False  # cached and shared
+    return window
 
 
 @cache

