@@ -3,7 +3,8 @@
 The checkpoint URLs carry the file's SHA-256 as their second-to-last path segment
 (`.../models/<sha256>/<name>.pt`), so the table stores only the hash and the file name.
 The assets come from openai/whisper's `whisper/assets/` at a pinned release tag; their
-hashes were computed from that release's files.
+hashes were computed from the files of the same release as published on PyPI
+(openai-whisper 20250625).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 PLUGIN_VALUES = ["auto", "float16", "float32", "bfloat16", "disable"]
 FEATURE_VALUES = ["enable", "disable"]
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"[fake trtllm-build] error: {message}", file=sys.stderr)
     sys.exit(1)
 
