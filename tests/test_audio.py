@@ -143,6 +143,17 @@ def test_a_16k_mono_wav_decodes_to_its_exact_samples(audio_dir: Path) -> None:
     np.testing.assert_array_equal(audio, np.frombuffer(pcm, "<i2") / np.float32(32768))
 
 
+def test_concatenated_mp3s_of_two_rates_decode_whole() -> None:
+    first = encode(stereo_tones(44100, 1.5), 44100, "mp3", "libmp3lame")
+    second = encode(stereo_tones(22050, 1.5), 22050, "mp3", "libmp3lame")
+
+    audio = decode_audio(first + second)
+
+    assert abs(len(audio) / SAMPLE_RATE - 3.0) < 0.15
+    for half in (audio[4000:20000], audio[-20000:-4000]):
+        assert tone_amplitude(half, LEFT_HZ) == pytest.approx(AMPLITUDE / 2, rel=0.1)
+
+
 def test_truncated_file_yields_the_audio_before_the_cut(jfk_path: Path) -> None:
     data = jfk_path.read_bytes()
     whole = decode_audio(data)

@@ -110,17 +110,17 @@ def _decode_first_audio_stream(
     if not container.streams.audio:
         raise AudioDecodeError("the container has no audio stream", field="audio")
     stream = container.streams.audio[0]
-    resampler = _new_resampler()
+    resampler = _FollowingResampler()
     chunks: list[Samples] = []
     decoded = 0
     last_error: av.FFmpegError | None = None
     for frames, error in _decoded_packets(container, stream):
         last_error = error or last_error
-        new = _frames_to_samples(_resample_all(resampler, frames))
+        new = [samples for frame in frames for samples in resampler.resample(frame)]
         chunks.extend(new)
         decoded += sum(len(chunk) for chunk in new)
         _check_length(decoded, max_seconds)
-    chunks.extend(_frames_to_samples(resampler.resample(None)))
+    chunks.extend(resampler.flush())
     return _nonempty(_join(chunks), last_error)
 
 
@@ -150,11 +150,32 @@ def _decoded_packets(
             yield [], error
 
 
-def _resample_all(
-    resampler: av.AudioResampler, frames: list[av.AudioFrame]
-) -> Iterator[av.AudioFrame]:
-    for frame in frames:
-        yield from resampler.resample(frame)
+class _FollowingResampler:
+    """To 16 kHz mono, following input format changes (e.g. MP3s of two rates concatenated).
+
+    PyAV's resampler is fixed by its first frame; on a change the old one is drained and a
+    new one started, as ffmpeg reconfigures its filter graph.
+    """
+
+    def __init__(self) -> None:
+        self._resampler: av.AudioResampler | None = None
+        self._input_format: tuple[str, str, int] | None = None
+
+    def resample(self, frame: av.AudioFrame) -> list[Samples]:
+        input_format = (frame.format.name, frame.layout.name, frame.sample_rate)
+        drained = self.flush() if input_format != self._input_format else []
+        if self._resampler is None:
+            self._resampler = _new_resampler()
+            self._input_format = input_format
+        return drained + _frames_to_samples(self._resampler.resample(frame))
+
+    def flush(self) -> list[Samples]:
+        if self._resampler is None:
+            return []
+        tail = _frames_to_samples(self._resampler.resample(None))
+        self._resampler = None
+        self._input_format = None
+        return tail
 
 
 def _nonempty(samples: Samples, last_error: av.FFmpegError | None) -> Samples:
