@@ -109,3 +109,9 @@ class UnavailableError(WhisperwireError):
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class InternalError(WhisperwireError):
+    """A bug on our side (maps to INTERNAL); the server keeps serving."""
+
+    reason = "INTERNAL"

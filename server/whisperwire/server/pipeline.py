@@ -125,7 +125,12 @@ class SpeechPipeline:
             return Transcript("", [], options.language, None, duration, timings)
         language, probability = await self._language(windows, options, priority, timings)
         decoded = await self._decode_with_fallback(windows, language, options, priority, timings)
-        segments = [s for d in decoded if not self._is_silence(d, options) for s in self._segments(d)]
+        segments = [
+            s
+            for d in decoded
+            if not self._is_silence(d, options)
+            for s in self._segments(d, options.timestamps)
+        ]
         text = " ".join(s.text for s in segments if s.text)
         timings.total = time.perf_counter() - started
         return Transcript(text, segments, language, probability, duration, timings)
@@ -251,11 +256,11 @@ class SpeechPipeline:
             return False
         return avg is None or options.log_prob_threshold is None or avg < options.log_prob_threshold
 
-    def _segments(self, decoded: Decoded) -> list[Segment]:
+    def _segments(self, decoded: Decoded, timestamps: bool) -> list[Segment]:
         window, generation = decoded.window, decoded.generation
         common = {"avg_logprob": decoded.avg_logprob, "no_speech_prob": generation.no_speech_prob}
         ids = generation.token_ids
-        if not any(t >= self.tokenizer.timestamp_begin for t in ids):
+        if not timestamps or not any(t >= self.tokenizer.timestamp_begin for t in ids):
             text = self.tokenizer.decode(ids).strip()
             return [Segment(window.start, window.end, text, **common)] if text else []
         segments = []

@@ -20,6 +20,7 @@ CODES: list[tuple[type[errors.WhisperwireError], grpc.StatusCode]] = [
     (errors.BusyError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (errors.EngineError, grpc.StatusCode.INTERNAL),
+    (errors.InternalError, grpc.StatusCode.INTERNAL),
 ]
 
 

@@ -19,6 +19,7 @@ from whisperwire.server.domain import Transcript
 from whisperwire.server.engine import EngineInfo
 from whisperwire.server.errors import (
     BusyError,
+    InternalError,
     InvalidInput,
     ProtocolError,
     StreamLimitError,
@@ -279,9 +280,14 @@ class StreamCall:
                 self._handle(session, request)
             session.close(EndReason.STREAM_CLOSED)
         except WhisperwireError as error:
-            self._end_error = error
-            await session.abort()
-            session.close()
+            await self._fail(session, error)
+        except Exception as error:  # a bug must end this call, not hang it
+            log.exception("stream reader failed", extra={"request_id": self.session_id})
+            await self._fail(session, InternalError(f"internal error: {error}"))
+
+    async def _fail(self, session: StreamSession, error: WhisperwireError) -> None:
+        self._end_error = error
+        await session.abort()
 
     def _handle(self, session: StreamSession, request: pb.StreamAudioRequest) -> None:
         kind = request.WhichOneof("request")

@@ -91,6 +91,7 @@ class _Utterance:
     samples: int = 0
     committed: int = 0  # samples already covered by emitted segments
     segments: list[Segment] = field(default_factory=list)
+    last_segment: asyncio.Task[list[Envelope]] | None = None  # commits happen in order
     language: str | None = None
     language_probability: float | None = None
     # server VAD
@@ -128,6 +129,10 @@ class StreamSession:
         self._next_id = 1
         self._open: _Utterance | None = None
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def audio_received(self) -> float:
@@ -186,12 +191,14 @@ class StreamSession:
                 yield envelope
 
     async def abort(self) -> None:
-        """The client vanished: cancel all outstanding work (queued engine work is dropped)."""
+        """The call is ending early: cancel outstanding work (queued engine work is dropped)
+        and end events() at once."""
         self._closed = True
         while not self._outbox.empty():
             work = self._outbox.get_nowait()
             if work is not None:
                 work.cancel()
+        self._outbox.put_nowait(None)
 
     # ---- internals ------------------------------------------------------------------------
     def _start_utterance(self) -> _Utterance:
@@ -225,6 +232,7 @@ class StreamSession:
     async def _final(self, utterance: _Utterance, reason: EndReason) -> list[Envelope]:
         started = time.perf_counter()
         tail = await self._decode(utterance, utterance.committed, utterance.samples, Priority.FINAL)
+        await _settled(utterance.last_segment)
         segments = [*utterance.segments, *tail.segments]
         transcript = Transcript(
             text=" ".join(s.text for s in segments),
@@ -237,8 +245,15 @@ class StreamSession:
         transcript.timings.total = time.perf_counter() - started
         return [self._envelope(utterance, Final(transcript, reason))]
 
-    async def _segment(self, utterance: _Utterance, start: int, end: int) -> list[Envelope]:
+    async def _segment(
+        self,
+        utterance: _Utterance,
+        start: int,
+        end: int,
+        previous: asyncio.Task[list[Envelope]] | None,
+    ) -> list[Envelope]:
         transcript = await self._decode(utterance, start, end, Priority.FINAL)
+        await _settled(previous)  # decodes overlap; commits stay in order
         first = len(utterance.segments)
         utterance.segments.extend(transcript.segments)
         return [
@@ -270,7 +285,9 @@ class StreamSession:
         start, utterance.committed = utterance.committed, end
         utterance.speech_since_commit = False
         self._drop_partial(utterance)
-        self._post(self._segment(utterance, start, end))
+        utterance.last_segment = self._post(
+            self._segment(utterance, start, end, utterance.last_segment)
+        )
 
     def _maybe_partial(self, utterance: _Utterance) -> None:
         now = time.monotonic()
@@ -305,6 +322,11 @@ class StreamSession:
         if utterance.partial_task is not None and not utterance.partial_task.done():
             utterance.partial_task.cancel()
         utterance.previous_words = []
+
+
+async def _settled(task: asyncio.Task[list[Envelope]] | None) -> None:
+    if task is not None:
+        await asyncio.wait([task])
 
 
 async def _ready(envelopes: list[Envelope]) -> list[Envelope]:

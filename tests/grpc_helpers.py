@@ -1,0 +1,68 @@
+"""Helpers for talking to a real whisperwire server from tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from tests.speech import chunks
+from whisperwire.v1 import transcription_service_pb2 as pb
+from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc
+
+Request = pb.StreamAudioRequest
+
+
+def stub(channel: grpc.aio.Channel) -> pb_grpc.TranscriptionServiceStub:
+    return pb_grpc.TranscriptionServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def config_request(**recognition: object) -> Request:
+    config = pb.StreamAudioConfig(recognition=pb.RecognitionConfig(**recognition))  # type: ignore[arg-type]
+    return Request(config=config)
+
+
+def audio_requests(pcm: bytes, size: int = 640) -> list[Request]:
+    return [Request(audio=pb.AudioChunk(data=c)) for c in chunks(pcm, size)]
+
+
+END = Request(end_utterance=pb.EndUtterance())
+CANCEL = Request(cancel_utterance=pb.CancelUtterance())
+
+
+async def paced(requests: Iterable[Request], delay: float = 0.0) -> AsyncIterator[Request]:
+    for request in requests:
+        yield request
+        if delay:
+            await asyncio.sleep(delay)
+
+
+async def collect(call: grpc.aio.StreamStreamCall) -> list[pb.StreamAudioResponse]:
+    return [response async for response in call]
+
+
+def finals(responses: list[pb.StreamAudioResponse]) -> list[pb.StreamAudioResponse]:
+    return [r for r in responses if r.WhichOneof("event") == "final_result"]
+
+
+def error_info(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, list[str], float | None]:
+    """(code, ErrorInfo.reason, BadRequest fields, RetryInfo delay) of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    reason, fields, retry = "", [], None
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info_retry = error_details_pb2.RetryInfo()
+            detail.Unpack(info_retry)
+            retry = info_retry.retry_delay.ToNanoseconds() / 1e9
+    return error.code(), reason, fields, retry
