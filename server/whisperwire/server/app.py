@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -79,7 +80,7 @@ class RunningServer:
     port: int
     state: ServerState
     scheduler: BatchScheduler
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     metrics: Metrics
     pipeline: SpeechPipeline
 
@@ -92,7 +93,11 @@ class RunningServer:
         await self.pipeline.transcribe(tone, DecodeOptions(language=language), use_vad=False)
         self.state.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("warm-up decode took %.2f s; serving on port %d", time.perf_counter() - started, self.port)
+        log.info(
+            "warm-up decode took %.2f s; serving on port %d",
+            time.perf_counter() - started,
+            self.port,
+        )
 
     async def drain_and_stop(self, grace: float) -> None:
         """Stop taking calls, give every open utterance its final, then exit."""
@@ -135,7 +140,7 @@ async def start_server(
     pb_grpc.add_TranscriptionServiceServicer_to_server(  # type: ignore[no-untyped-call]
         TranscriptionServicer(pipeline, state, metrics), server
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -171,8 +176,11 @@ async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     engine, tokenizer = await asyncio.to_thread(load_engine, settings)
     running = await start_server(settings, engine, tokenizer)
-    print(f"whisperwire serving {engine.info.model} ({engine.info.name}, {engine.info.device}) "
-          f"on {settings.host}:{running.port}", flush=True)
+    print(
+        f"whisperwire serving {engine.info.model} ({engine.info.name}, {engine.info.device}) "
+        f"on {settings.host}:{running.port}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,6 +14,7 @@ import av
 import av.container
 import numpy as np
 import numpy.typing as npt
+
 from whisperwire.server.errors import (
     AudioDecodeError,
     AudioTooLongError,

@@ -8,19 +8,21 @@ from typing import Any
 
 import grpc
 
+Handler = grpc.RpcMethodHandler[Any, Any]
+
 # Probes must work without credentials; everything else needs the token.
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         if details.method in OPEN_METHODS or self._authorized(details):
             return await continuation(details)
         return _deny(await continuation(details))
@@ -33,10 +35,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return False
 
 
-def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _deny(handler: Handler) -> Handler:
     """A handler of the same shape that rejects the call before any work is done."""
 
-    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
     kwargs = {
@@ -44,9 +46,9 @@ def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort, **kwargs)  # type: ignore[arg-type]
+        return grpc.stream_stream_rpc_method_handler(abort, **kwargs)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)  # type: ignore[arg-type]
+        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)  # type: ignore[arg-type]
-    return grpc.unary_unary_rpc_method_handler(abort, **kwargs)  # type: ignore[arg-type]
+        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(abort, **kwargs)

@@ -1,4 +1,4 @@
-"""`whisperwire serve`: flags override WHISPERWIRE_* environment variables, which override defaults."""
+"""`whisperwire serve`: flags override WHISPERWIRE_* variables, which override defaults."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ from whisperwire.server.config import ServerSettings
 FLAGS: list[tuple[str, type, str]] = [
     ("host", str, "address to bind (default 127.0.0.1; others need --token)"),
     ("port", int, "gRPC port (default 50051; 0 = any free port)"),
-    ("model", str, "model name (tiny.en, base, small, ...) or CTranslate2 model dir (default base)"),
+    (
+        "model",
+        str,
+        "model name (tiny.en, base, small, ...) or CTranslate2 model dir (default base)",
+    ),
     ("engine", str, "ctranslate2 (default) or trtllm"),
     ("engine-dir", str, "TensorRT-LLM engine dir from engine_builder (with --engine trtllm)"),
     ("device", str, "cpu (default) or cuda"),

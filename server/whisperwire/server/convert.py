@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from google.protobuf.duration_pb2 import Duration
 
+from whisperwire.server.audio import PcmEncoding
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.domain import DecodeOptions, Segment, Task, Timings, Transcript
 from whisperwire.server.errors import InvalidOptionError, UnsupportedEncodingError
@@ -20,7 +21,7 @@ from whisperwire.server.session import (
 )
 from whisperwire.v1 import transcription_service_pb2 as pb
 
-ENCODINGS = {
+ENCODINGS: dict[int, PcmEncoding] = {
     pb.AUDIO_ENCODING_UNSPECIFIED: "s16le",
     pb.AUDIO_ENCODING_LINEAR16: "s16le",
     pb.AUDIO_ENCODING_FLOAT32: "f32le",
@@ -57,12 +58,14 @@ def decode_options(config: pb.RecognitionConfig, settings: ServerSettings) -> De
     if config.HasField("temperature"):
         t = config.temperature
         if not 0.0 <= t <= 1.0:  # also rejects NaN
-            raise InvalidOptionError(f"temperature must be within 0..1, got {t}", field="temperature")
+            raise InvalidOptionError(
+                f"temperature must be within 0..1, got {t}", field="temperature"
+            )
         options = replace(options, temperatures=(t,))
     return options
 
 
-def pcm_layout(fmt: pb.RawAudioFormat) -> tuple[str, int, int]:
+def pcm_layout(fmt: pb.RawAudioFormat) -> tuple[PcmEncoding, int, int]:
     """(encoding, sample rate, channels) with the proto's documented defaults filled in."""
     if fmt.encoding not in ENCODINGS:
         raise UnsupportedEncodingError(
@@ -80,7 +83,9 @@ def stream_config(config: pb.StreamAudioConfig, settings: ServerSettings) -> Str
         else settings.default_partial_interval
     )
     if interval < 0.1 and config.interim_results:
-        raise InvalidOptionError("partial_interval must be at least 100 ms", field="partial_interval")
+        raise InvalidOptionError(
+            "partial_interval must be at least 100 ms", field="partial_interval"
+        )
     if silence < 0:
         raise InvalidOptionError("segment_silence must not be negative", field="segment_silence")
     return StreamConfig(
@@ -148,7 +153,9 @@ def timings(t: Timings) -> pb.ProcessingTimings:
     )
 
 
-def stream_response(envelope: Envelope, sequence: int, include_timings: bool) -> pb.StreamAudioResponse:
+def stream_response(
+    envelope: Envelope, sequence: int, include_timings: bool
+) -> pb.StreamAudioResponse:
     out = pb.StreamAudioResponse(
         utterance_id=envelope.utterance_id,
         sequence=sequence,
@@ -174,7 +181,9 @@ def stream_response(envelope: Envelope, sequence: int, include_timings: bool) ->
         )
     elif isinstance(event, SpeechEvent):
         kind = (
-            pb.SPEECH_EVENT_TYPE_SPEECH_STARTED if event.started else pb.SPEECH_EVENT_TYPE_SPEECH_ENDED
+            pb.SPEECH_EVENT_TYPE_SPEECH_STARTED
+            if event.started
+            else pb.SPEECH_EVENT_TYPE_SPEECH_ENDED
         )
         out.speech_event.CopyFrom(pb.SpeechEvent(type=kind, offset=duration(event.offset)))
     return out

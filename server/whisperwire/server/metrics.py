@@ -45,6 +45,11 @@ class Metrics:
             "whisperwire_audio_seconds", "Seconds of audio transcribed", ["method"], registry=r
         )
         self.requests = Counter(
-            "whisperwire_requests", "Finished calls by method and code", ["method", "code"], registry=r
+            "whisperwire_requests",
+            "Finished calls by method and code",
+            ["method", "code"],
+            registry=r,
         )
-        self.active_streams = Gauge("whisperwire_active_streams", "Open StreamAudio calls", registry=r)
+        self.active_streams = Gauge(
+            "whisperwire_active_streams", "Open StreamAudio calls", registry=r
+        )

@@ -50,7 +50,5 @@ def status(code: grpc.StatusCode, message: str, details: list[object] = ()) -> g
         item = any_pb2.Any()
         item.Pack(detail)  # type: ignore[arg-type]
         packed.append(item)
-    proto = status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=message, details=packed
-    )
+    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
     return rpc_status.to_status(proto)

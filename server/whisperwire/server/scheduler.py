@@ -8,6 +8,7 @@ cancelled work is dropped before it reaches the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -56,12 +57,15 @@ class BatchScheduler:
         metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
-        self.max_batch_size = min(max_batch_size or engine.info.max_batch_size, engine.info.max_batch_size)
+        self.max_batch_size = min(
+            max_batch_size or engine.info.max_batch_size, engine.info.max_batch_size
+        )
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.metrics = metrics or Metrics()
         self._pending: list[_Work] = []
-        self._wakeup = asyncio.Event()
+        self._wakeup = asyncio.Event()  # work is pending
+        self._arrived = asyncio.Event()  # more work arrived while a batch was forming
         self._seq = itertools.count()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task[None] | None = None
@@ -94,7 +98,9 @@ class BatchScheduler:
         priority: Priority,
         timings: Timings,
     ) -> list[Generation]:
-        items = [(f, p) for f, p in zip(features, prompts, strict=True)]
+        items: list[tuple[Features, Sequence[int] | None]] = list(
+            zip(features, prompts, strict=True)
+        )
         outcomes = await self._submit(params, items, priority, timings)
         return [o.value for o in outcomes]
 
@@ -124,6 +130,7 @@ class BatchScheduler:
         self._pending.extend(works)
         self.metrics.queue_depth.set(len(self._pending))
         self._wakeup.set()
+        self._arrived.set()
         try:
             outcomes = await asyncio.gather(*(w.future for w in works))
         except BaseException:
@@ -152,9 +159,16 @@ class BatchScheduler:
 
     async def _gather_window(self) -> None:
         """Give concurrent callers a moment to join the batch, unless it is already full."""
-        deadline = min(w.enqueued for w in self._pending) + self.max_wait if self._pending else 0
-        while len(self._pending) < self.max_batch_size and time.perf_counter() < deadline:
-            await asyncio.sleep(min(0.001, deadline - time.perf_counter()))
+        if not self._pending:
+            return
+        deadline = min(w.enqueued for w in self._pending) + self.max_wait
+        while len(self._pending) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
 
     def _take_batch(self) -> list[_Work]:
         live = sorted(w for w in self._pending if not w.future.done())

@@ -15,7 +15,7 @@ import grpc
 from whisperwire.server import convert
 from whisperwire.server.audio import decode_pcm
 from whisperwire.server.config import ServerSettings
-from whisperwire.server.domain import Transcript
+from whisperwire.server.domain import DecodeOptions, Transcript
 from whisperwire.server.engine import EngineInfo
 from whisperwire.server.errors import (
     BusyError,
@@ -74,7 +74,9 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         self.metrics = metrics
 
     async def Transcribe(
-        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.TranscribeRequest,
+        context: grpc.aio.ServicerContext[pb.TranscribeRequest, pb.TranscribeResponse],
     ) -> pb.TranscribeResponse:
         request_id = request.request_id or uuid.uuid4().hex
         with self._outcome("Transcribe", request_id) as outcome:
@@ -94,10 +96,9 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         await context.abort_with_status(outcome.status)
         raise AssertionError("abort_with_status returns only by raising")
 
-    async def _transcribe(self, request: pb.TranscribeRequest, options: object) -> Transcript:
-        from whisperwire.server.domain import DecodeOptions
-
-        assert isinstance(options, DecodeOptions)
+    async def _transcribe(
+        self, request: pb.TranscribeRequest, options: DecodeOptions
+    ) -> Transcript:
         if request.WhichOneof("format") != "raw":
             return await self.pipeline.transcribe_bytes(request.audio_content, options)
         started = time.perf_counter()
@@ -105,7 +106,7 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         if not request.audio_content:
             raise InvalidInput("audio_content is empty", field="audio_content")
         samples = await asyncio.to_thread(
-            decode_pcm, request.audio_content, encoding, rate, channels  # type: ignore[arg-type]
+            decode_pcm, request.audio_content, encoding, rate, channels
         )
         transcript = await self.pipeline.transcribe(samples, options)
         transcript.timings.decode = time.perf_counter() - started - transcript.timings.total
@@ -115,7 +116,7 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
     async def StreamAudio(
         self,
         request_iterator: AsyncIterator[pb.StreamAudioRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[pb.StreamAudioRequest, pb.StreamAudioResponse],
     ) -> AsyncIterator[pb.StreamAudioResponse]:
         call = StreamCall(self.pipeline, self.state, self.metrics)
         with self._outcome("StreamAudio", call.session_id) as outcome:
@@ -125,11 +126,17 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         await context.abort_with_status(outcome.status)
 
     async def GetServiceInfo(
-        self, request: pb.GetServiceInfoRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetServiceInfoRequest,
+        context: grpc.aio.ServicerContext[pb.GetServiceInfoRequest, pb.GetServiceInfoResponse],
     ) -> pb.GetServiceInfoResponse:
         info, s = self.pipeline.engine, self.settings
         tokenizer = self.pipeline.tokenizer
-        tasks = [pb.TASK_TRANSCRIBE, pb.TASK_TRANSLATE] if tokenizer.multilingual else [pb.TASK_TRANSCRIBE]
+        tasks = (
+            [pb.TASK_TRANSCRIBE, pb.TASK_TRANSLATE]
+            if tokenizer.multilingual
+            else [pb.TASK_TRANSCRIBE]
+        )
         return pb.GetServiceInfoResponse(
             model=info.model,
             engine=info.name,
@@ -178,7 +185,9 @@ class _Outcome:
     def succeed(self) -> None:
         self.metrics.requests.labels(self.method, "OK").inc()
         log.info(
-            "%s ok in %.3f s", self.method, time.perf_counter() - self.started,
+            "%s ok in %.3f s",
+            self.method,
+            time.perf_counter() - self.started,
             extra={"request_id": self.request_id},
         )
 
@@ -186,7 +195,11 @@ class _Outcome:
         code = code_for(error)
         self.metrics.requests.labels(self.method, code.name).inc()
         log.warning(
-            "%s failed: %s %s: %s", self.method, code.name, error.reason, error.message,
+            "%s failed: %s %s: %s",
+            self.method,
+            code.name,
+            error.reason,
+            error.message,
             extra={"request_id": self.request_id},
         )
         self.status = to_status(error)
@@ -249,7 +262,9 @@ class StreamCall:
     def _configure(self, first: pb.StreamAudioRequest) -> pb.StreamAudioConfig:
         if first.WhichOneof("request") != "config":
             raise ProtocolError(
-                "the first StreamAudioRequest must be `config`", reason="CONFIG_REQUIRED", field="config"
+                "the first StreamAudioRequest must be `config`",
+                reason="CONFIG_REQUIRED",
+                field="config",
             )
         _reject_word_timestamps(first.config.recognition, self.pipeline.engine)
         applied = convert.stream_config(first.config, self.settings)
@@ -266,7 +281,10 @@ class StreamCall:
             limits=service_limits(self.settings, self.pipeline.engine),
         )
         return pb.StreamAudioResponse(
-            utterance_id=0, sequence=0, audio_received_offset=convert.duration(0), session_started=started
+            utterance_id=0,
+            sequence=0,
+            audio_received_offset=convert.duration(0),
+            session_started=started,
         )
 
     async def _read(self, iterator: AsyncIterator[pb.StreamAudioRequest]) -> None:
@@ -299,14 +317,17 @@ class StreamCall:
         elif kind == "cancel_utterance":
             session.cancel_utterance()
         elif kind == "config":
-            raise ProtocolError("`config` may be sent only once", reason="CONFIG_ALREADY_SET", field="config")
+            raise ProtocolError(
+                "`config` may be sent only once", reason="CONFIG_ALREADY_SET", field="config"
+            )
         else:
             raise ProtocolError("empty StreamAudioRequest", reason="EMPTY_REQUEST", field="request")
 
     def _check_chunk(self, chunk: pb.AudioChunk) -> None:
         if len(chunk.data) > self.settings.max_chunk_bytes:
             raise ProtocolError(
-                f"audio chunk of {len(chunk.data)} bytes is over the {self.settings.max_chunk_bytes} limit",
+                f"audio chunk of {len(chunk.data)} bytes is over the "
+                f"{self.settings.max_chunk_bytes} byte limit",
                 reason="CHUNK_TOO_LARGE",
                 field="audio.data",
             )
@@ -329,7 +350,8 @@ class StreamCall:
             if stream_left <= 0:
                 self.finish(
                     StreamLimitError(
-                        f"stream open longer than {s.max_stream_seconds:.0f} s", reason="STREAM_TOO_LONG"
+                        f"stream open longer than {s.max_stream_seconds:.0f} s",
+                        reason="STREAM_TOO_LONG",
                     ),
                     EndReason.MAX_DURATION,
                 )

@@ -15,7 +15,7 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-from whisperwire.server.audio import SAMPLE_RATE, PcmDecoder
+from whisperwire.server.audio import SAMPLE_RATE, PcmDecoder, PcmEncoding
 from whisperwire.server.domain import DecodeOptions, Segment, Transcript
 from whisperwire.server.errors import AudioTooLongError
 from whisperwire.server.pipeline import SpeechPipeline
@@ -37,7 +37,7 @@ class EndReason(Enum):
 @dataclass(frozen=True)
 class StreamConfig:
     options: DecodeOptions
-    encoding: str = "s16le"
+    encoding: PcmEncoding = "s16le"
     sample_rate: int = SAMPLE_RATE
     channels: int = 1
     interim_results: bool = False
@@ -121,7 +121,7 @@ class StreamSession:
     ) -> None:
         self.pipeline = pipeline
         self.config = replace(config, options=pipeline.validate(config.options))
-        self._decoder = PcmDecoder(config.encoding, config.sample_rate, config.channels)  # type: ignore[arg-type]
+        self._decoder = PcmDecoder(config.encoding, config.sample_rate, config.channels)
         self._vad = StreamingVad() if config.segment_silence or config.speech_events else None
         self._max_samples = int(max_utterance_seconds * SAMPLE_RATE)
         self._outbox: asyncio.Queue[asyncio.Task[list[Envelope]] | None] = asyncio.Queue()

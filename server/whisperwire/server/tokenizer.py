@@ -15,6 +15,7 @@ from typing import Final, Protocol
 
 import tiktoken
 import tokenizers
+
 from whisperwire.server.domain import Task
 from whisperwire.server.errors import (
     InvalidOptionError,

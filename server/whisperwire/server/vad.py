@@ -133,4 +133,6 @@ class StreamingVad:
         self._residue = buffered[usable:]
         pcm = to_pcm16(buffered[:usable])
         step = FRAME_SAMPLES * 2
-        return [self._vad.is_speech(pcm[i : i + step], SAMPLE_RATE) for i in range(0, len(pcm), step)]
+        return [
+            self._vad.is_speech(pcm[i : i + step], SAMPLE_RATE) for i in range(0, len(pcm), step)
+        ]

@@ -15,11 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from whisperwire.server.app import ConfigurationError
-from whisperwire.server.config import ServerSettings
-from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
-from whisperwire.server.errors import EngineError, ModelNotFoundError
-from whisperwire.server.tokenizer import WhisperTokenizer
 
 from engine_builder import (
     EngineDirError,
@@ -28,6 +23,11 @@ from engine_builder import (
     installed_trtllm_version,
     load_manifest,
 )
+from whisperwire.server.app import ConfigurationError
+from whisperwire.server.config import ServerSettings
+from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
+from whisperwire.server.errors import EngineError, ModelNotFoundError
+from whisperwire.server.tokenizer import WhisperTokenizer
 
 if TYPE_CHECKING:
     import torch
