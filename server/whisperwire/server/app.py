@@ -174,6 +174,7 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
+    check_exposure(settings)
     engine, tokenizer = await asyncio.to_thread(load_engine, settings)
     running = await start_server(settings, engine, tokenizer)
     print(

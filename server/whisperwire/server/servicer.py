@@ -223,7 +223,8 @@ class StreamCall:
         self.state.check_serving()
         if len(self.state.streams) >= self.settings.max_streams:
             raise BusyError(
-                f"{len(self.state.streams)} streams are open, the limit", retry_after=5.0
+                f"the limit of {self.settings.max_streams} open streams is reached",
+                retry_after=5.0,
             )
         iterator = aiter(requests)
         first = await anext(iterator, None)

@@ -1,0 +1,185 @@
+"""Operational behaviour of the service: auth, readiness, limits, engine failure, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.grpc_helpers import END, audio_requests, collect, config_request, error_info, paced, stub
+from tests.speech import HESTER, JFK, load_pcm16k, to_s16le, wer
+from whisperwire.server.app import RunningServer, start_server
+from whisperwire.server.config import ServerSettings
+from whisperwire.server.engine import Features, Generation, GenerationParams
+from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
+from whisperwire.server.tokenizer import WhisperTokenizer
+from whisperwire.v1 import transcription_service_pb2 as pb
+
+Tiny = tuple[CTranslate2Engine, WhisperTokenizer]
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    engine: Any, tokenizer: WhisperTokenizer, **settings: Any
+) -> AsyncIterator[tuple[RunningServer, grpc.aio.Channel]]:
+    running = await start_server(ServerSettings(port=0, **settings), engine, tokenizer)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield running, channel
+    finally:
+        await running.drain_and_stop(grace=1.0)
+
+
+class FlakyEngine:
+    """The real engine, except that the next `failures` generate calls raise."""
+
+    def __init__(self, inner: CTranslate2Engine) -> None:
+        self.inner, self.info, self.failures = inner, inner.info, 0
+
+    def generate(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        params: GenerationParams,
+    ) -> list[Generation]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.inner.generate(features, prompts, params)
+
+    def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
+        return self.inner.detect_language(features)
+
+
+async def test_bearer_token(tiny_engine: Tiny) -> None:
+    async with serving(*tiny_engine, token="s3cret") as (_, channel):
+        request = pb.TranscribeRequest(audio_content=HESTER.read())
+        for metadata in [(), (("authorization", "Bearer wrong"),)]:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub(channel).Transcribe(request, metadata=metadata)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reply = await stub(channel).Transcribe(
+            request, metadata=(("authorization", "Bearer s3cret"),)
+        )
+        assert wer(HESTER.reference, reply.transcript.text) <= 0.1
+
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+
+
+async def test_not_ready_is_unavailable_with_retry_info(tiny_engine: Tiny) -> None:
+    async with serving(*tiny_engine) as (running, channel):
+        running.state.ready = False
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub(channel).Transcribe(pb.TranscribeRequest(audio_content=HESTER.read()))
+        code, reason, _, retry = error_info(raised.value)
+        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "ENGINE_NOT_READY")
+        assert retry is not None and retry > 0
+
+
+async def test_engine_failure_fails_only_that_batch(tiny_engine: Tiny) -> None:
+    engine, tokenizer = tiny_engine
+    flaky = FlakyEngine(engine)
+    async with serving(flaky, tokenizer, batch_wait_ms=0) as (_, channel):
+        flaky.failures = 1
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub(channel).Transcribe(pb.TranscribeRequest(audio_content=HESTER.read()))
+        code, reason, _, _ = error_info(raised.value)
+        assert (code, reason) == (grpc.StatusCode.INTERNAL, "ENGINE_FAILURE")
+        reply = await stub(channel).Transcribe(pb.TranscribeRequest(audio_content=JFK.read()))
+        assert wer(JFK.reference, reply.transcript.text) <= 0.1
+
+
+async def test_full_queue_is_resource_exhausted_with_retry_info(tiny_engine: Tiny) -> None:
+    async with serving(*tiny_engine, max_queue=1, batch_wait_ms=50) as (_, channel):
+        request = pb.TranscribeRequest(
+            audio_content=JFK.read(), config=pb.RecognitionConfig(language="en")
+        )
+        results = await asyncio.gather(
+            *(stub(channel).Transcribe(request) for _ in range(4)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert errors and len(errors) < 4
+        for error in errors:
+            code, reason, _, retry = error_info(error)
+            assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVER_BUSY")
+            assert retry is not None and retry > 0
+
+
+async def test_too_many_streams(tiny_engine: Tiny) -> None:
+    async with serving(*tiny_engine, max_streams=1) as (_, channel):
+        first = stub(channel).StreamAudio()
+        await first.write(config_request())
+        await first.read()  # session_started: the first stream is open
+        code, reason, _, retry = await _stream_failure(channel, [config_request()])
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVER_BUSY")
+        assert retry is not None
+        await first.done_writing()
+        assert await first.read() is grpc.aio.EOF  # no utterance was open: no final
+        assert await first.code() == grpc.StatusCode.OK
+
+
+async def test_idle_stream_times_out_after_flushing(tiny_engine: Tiny) -> None:
+    async with serving(*tiny_engine, idle_timeout_seconds=1.0) as (_, channel):
+        call = stub(channel).StreamAudio()
+        await call.write(config_request(language="en"))
+        for request in audio_requests(to_s16le(load_pcm16k(HESTER))):
+            await call.write(request)
+        responses = []
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for response in call:
+                responses.append(response)
+        code, reason, _, _ = error_info(raised.value)
+        assert (code, reason) == (grpc.StatusCode.OUT_OF_RANGE, "IDLE_TIMEOUT")
+        finals = [r for r in responses if r.WhichOneof("event") == "final_result"]
+        assert len(finals) == 1
+        assert wer(HESTER.reference, finals[0].final_result.transcript.text) <= 0.1
+
+
+async def test_metrics_endpoint(tiny_engine: Tiny) -> None:
+    port = _free_port()
+    async with serving(*tiny_engine, metrics_port=port) as (_, channel):
+        requests = [
+            config_request(language="en"),
+            *audio_requests(to_s16le(load_pcm16k(HESTER))),
+            END,
+        ]
+        await collect(stub(channel).StreamAudio(paced(requests)))
+        await stub(channel).Transcribe(pb.TranscribeRequest(audio_content=HESTER.read()))
+        body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+    for name in (
+        "whisperwire_queue_depth",
+        "whisperwire_batch_size_count",
+        "whisperwire_engine_seconds_bucket",
+        'whisperwire_request_seconds_count{method="Transcribe"}',
+        'whisperwire_real_time_factor_count{method="Transcribe"}',
+        'whisperwire_requests_total{code="OK",method="StreamAudio"}',
+    ):
+        assert name in body, name
+
+
+async def _stream_failure(
+    channel: grpc.aio.Channel, requests: list[pb.StreamAudioRequest]
+) -> tuple[Any, ...]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await collect(stub(channel).StreamAudio(paced(requests)))
+    return error_info(raised.value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
