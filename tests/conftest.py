@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from whisperwire.server.app import RunningServer, start_server
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine

@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from whisperwire.server.audio import SAMPLE_RATE, PcmDecoder, decode_audio, decode_pcm
 from whisperwire.server.errors import (
     AudioDecodeError,

@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+
 from whisperwire.server.audio import decode_audio
 from whisperwire.server.features import (
     N_FRAMES,

@@ -1,4 +1,4 @@
-"""The real grpcurl binary (a client nobody here wrote) against the server, through reflection only."""
+"""The real grpcurl binary (a client nobody here wrote) against the server, via reflection."""
 
 from __future__ import annotations
 

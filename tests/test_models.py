@@ -12,6 +12,7 @@ from pathlib import Path
 
 import ctranslate2
 import pytest
+
 from whisperwire.server import models
 from whisperwire.server.errors import ModelNotFoundError
 from whisperwire.server.models import BASE_MODEL_SHA256, default_cache_dir, resolve_model

@@ -46,7 +46,9 @@ async def test_jfk_resampled_from_44k_stereo_flac(tiny_pipeline: SpeechPipeline)
     assert transcript.duration == pytest.approx(11.0, abs=0.05)
     assert transcript.segments and transcript.segments[0].start < 1.0
     assert all(s.end <= 11.01 for s in transcript.segments)
-    assert all(s.avg_logprob is not None and s.no_speech_prob is not None for s in transcript.segments)
+    assert all(
+        s.avg_logprob is not None and s.no_speech_prob is not None for s in transcript.segments
+    )
     assert transcript.timings.total > 0 and transcript.timings.engine > 0
 
 
@@ -84,7 +86,9 @@ async def test_long_form_keeps_every_clip_in_order_with_absolute_offsets(
     audio = np.concatenate(pieces)
     assert len(audio) / SAMPLE_RATE > 90
 
-    transcript = await tiny_pipeline.transcribe(audio, DecodeOptions(language="en", timestamps=True))
+    transcript = await tiny_pipeline.transcribe(
+        audio, DecodeOptions(language="en", timestamps=True)
+    )
 
     text = normalise(transcript.text)
     position = 0

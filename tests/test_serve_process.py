@@ -24,18 +24,22 @@ WHISPERWIRE = str(Path(sys.executable).parent / "whisperwire")
 
 @pytest.fixture
 async def serve_process() -> AsyncIterator[tuple[subprocess.Popen[str], int]]:
-    process = subprocess.Popen(
+    process = await asyncio.to_thread(_start_serve)
+    port = await asyncio.to_thread(_port_from_banner, process)
+    yield process, port
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
+
+
+def _start_serve() -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [WHISPERWIRE, "serve", "--model", "tiny.en", "--port", "0", "--grace-seconds", "20"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "WHISPERWIRE_THREADS": "1"},
     )
-    port = await asyncio.to_thread(_port_from_banner, process)
-    yield process, port
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=30)
 
 
 def _port_from_banner(process: subprocess.Popen[str]) -> int:

@@ -89,7 +89,9 @@ async def test_health_is_serving_after_warm_up(tiny_channel: grpc.aio.Channel) -
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_push_to_talk_several_utterances_on_one_stream(tiny_channel: grpc.aio.Channel) -> None:
+async def test_push_to_talk_several_utterances_on_one_stream(
+    tiny_channel: grpc.aio.Channel,
+) -> None:
     requests = [config_request(language="en")]
     for clip in ENGLISH_CLIPS:
         requests += [*audio_requests(to_s16le(load_pcm16k(clip))), END]
@@ -160,7 +162,9 @@ async def test_segments_after_pauses_then_final(tiny_channel: grpc.aio.Channel) 
     responses = await collect(stub(tiny_channel).StreamAudio(paced(requests)))
 
     kinds = [r.WhichOneof("event") for r in responses]
-    segments = [r.segment_result.segment for r in responses if r.WhichOneof("event") == "segment_result"]
+    segments = [
+        r.segment_result.segment for r in responses if r.WhichOneof("event") == "segment_result"
+    ]
     assert len(segments) >= 2
     assert kinds[-1] == "final_result" and "speech_event" in kinds
     assert [s.index for s in segments] == list(range(len(segments)))
@@ -195,7 +199,11 @@ async def _stream_error(channel: grpc.aio.Channel, requests: list[Request]) -> t
 
 async def test_first_message_must_be_config(tiny_channel: grpc.aio.Channel) -> None:
     code, reason, fields, _ = await _stream_error(tiny_channel, [END])
-    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "CONFIG_REQUIRED", ["config"])
+    assert (code, reason, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CONFIG_REQUIRED",
+        ["config"],
+    )
 
 
 async def test_config_only_once(tiny_channel: grpc.aio.Channel) -> None:
@@ -206,11 +214,31 @@ async def test_config_only_once(tiny_channel: grpc.aio.Channel) -> None:
 @pytest.mark.parametrize(
     ("config", "reason", "field"),
     [
-        (pb.StreamAudioConfig(recognition=pb.RecognitionConfig(language="klingon")), "UNSUPPORTED_LANGUAGE", "language"),
-        (pb.StreamAudioConfig(audio_format=pb.RawAudioFormat(sample_rate_hertz=1000)), "UNSUPPORTED_SAMPLE_RATE", None),
-        (pb.StreamAudioConfig(audio_format=pb.RawAudioFormat(encoding=7)), "UNSUPPORTED_ENCODING", None),  # type: ignore[arg-type]
-        (pb.StreamAudioConfig(recognition=pb.RecognitionConfig(enable_word_timestamps=True)), "INVALID_OPTION", "enable_word_timestamps"),
-        (pb.StreamAudioConfig(recognition=pb.RecognitionConfig(task=pb.TASK_TRANSLATE)), "INVALID_OPTION", "task"),
+        (
+            pb.StreamAudioConfig(recognition=pb.RecognitionConfig(language="klingon")),
+            "UNSUPPORTED_LANGUAGE",
+            "language",
+        ),
+        (
+            pb.StreamAudioConfig(audio_format=pb.RawAudioFormat(sample_rate_hertz=1000)),
+            "UNSUPPORTED_SAMPLE_RATE",
+            None,
+        ),
+        (
+            pb.StreamAudioConfig(audio_format=pb.RawAudioFormat(encoding=7)),
+            "UNSUPPORTED_ENCODING",
+            None,
+        ),  # type: ignore[arg-type]
+        (
+            pb.StreamAudioConfig(recognition=pb.RecognitionConfig(enable_word_timestamps=True)),
+            "INVALID_OPTION",
+            "enable_word_timestamps",
+        ),
+        (
+            pb.StreamAudioConfig(recognition=pb.RecognitionConfig(task=pb.TASK_TRANSLATE)),
+            "INVALID_OPTION",
+            "task",
+        ),
     ],
 )
 async def test_bad_stream_config(
@@ -237,9 +265,15 @@ async def test_sequence_gap(tiny_channel: grpc.aio.Channel) -> None:
 
 @pytest.mark.parametrize(
     ("content", "reason"),
-    [(b"", "EMPTY_AUDIO"), (b"RIFF\x00\x00garbage" * 10, "AUDIO_DECODE_FAILED"), (JFK.read()[:200], "AUDIO_DECODE_FAILED")],
+    [
+        (b"", "EMPTY_AUDIO"),
+        (b"RIFF\x00\x00garbage" * 10, "AUDIO_DECODE_FAILED"),
+        (JFK.read()[:200], "AUDIO_DECODE_FAILED"),
+    ],
 )
-async def test_undecodable_files(tiny_channel: grpc.aio.Channel, content: bytes, reason: str) -> None:
+async def test_undecodable_files(
+    tiny_channel: grpc.aio.Channel, content: bytes, reason: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub(tiny_channel).Transcribe(pb.TranscribeRequest(audio_content=content))
     code, got, _, _ = error_info(raised.value)
@@ -250,5 +284,7 @@ async def test_server_keeps_serving_after_errors(tiny_channel: grpc.aio.Channel)
     for _ in range(3):
         with pytest.raises(grpc.aio.AioRpcError):
             await stub(tiny_channel).Transcribe(pb.TranscribeRequest(audio_content=b"nope"))
-    response = await stub(tiny_channel).Transcribe(pb.TranscribeRequest(audio_content=HESTER.read()))
+    response = await stub(tiny_channel).Transcribe(
+        pb.TranscribeRequest(audio_content=HESTER.read())
+    )
     assert wer(HESTER.reference, response.transcript.text) <= 0.1

@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 import torch
+
+from engine_builder import BuildOptions
+from tests.speech import CHINESE, ENGLISH_CLIPS, JFK, corpus_wer, load_pcm16k, wer
+from tests.trtllm_double.support import BASE, TINY_EN, double_importable, write_engine_dir
 from whisperwire.server.app import ConfigurationError
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.domain import DecodeOptions
@@ -29,10 +33,6 @@ from whisperwire.server.features import window_features
 from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.runner import DirectRunner
 from whisperwire.server.tokenizer import WhisperTokenizer
-
-from engine_builder import BuildOptions
-from tests.speech import CHINESE, ENGLISH_CLIPS, JFK, corpus_wer, load_pcm16k, wer
-from tests.trtllm_double.support import BASE, TINY_EN, double_importable, write_engine_dir
 
 # tiny.en's <|endoftext|>, <|startoftranscript|>, <|notimestamps|>.
 EOT, SOT, NO_TIMESTAMPS = 50256, 50257, 50362

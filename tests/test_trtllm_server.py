@@ -14,9 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-from whisperwire.server.app import RunningServer, load_engine, start_server
-from whisperwire.server.config import ServerSettings
-from whisperwire.v1 import transcription_service_pb2 as pb
 
 from tests.grpc_helpers import (
     END,
@@ -30,6 +27,9 @@ from tests.grpc_helpers import (
 )
 from tests.speech import ENGLISH_CLIPS, JFK, Clip, load_pcm16k, to_s16le, wer
 from tests.trtllm_double.support import TINY_EN, double_importable, write_engine_dir
+from whisperwire.server.app import RunningServer, load_engine, start_server
+from whisperwire.server.config import ServerSettings
+from whisperwire.v1 import transcription_service_pb2 as pb
 
 MAX_WER = 0.1  # per clip; tiny.en hears "Prynne" as "Prin" (1 word in 11)
 

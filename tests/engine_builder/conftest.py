@@ -64,3 +64,9 @@ def fake_trtllm_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTr
     monkeypatch.setenv("FAKE_TRTLLM_BUILD_LOG", str(log))
     monkeypatch.delenv("FAKE_TRTLLM_BUILD_FAIL", raising=False)
     return FakeTrtllmBuild(log)
+
+
+@pytest.fixture
+def no_tensorrt_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make tensorrt_llm unimportable even if a test double is on sys.path elsewhere."""
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)

@@ -361,6 +361,7 @@ def test_file_that_is_not_a_checkpoint_is_rejected(tmp_path: Path) -> None:
         write_trtllm_checkpoint(path, tmp_path / "out")
 
 
+@pytest.mark.usefixtures("no_tensorrt_llm")
 def test_weight_only_without_tensorrt_llm_is_a_clear_error(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

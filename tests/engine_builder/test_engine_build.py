@@ -215,6 +215,7 @@ def test_missing_trtllm_build_fails_before_downloading(
     assert not out_root.exists()
 
 
+@pytest.mark.usefixtures("no_tensorrt_llm")
 def test_weight_only_without_tensorrt_llm_fails_before_downloading(
     out_root: Path,
     tiny_source: WhisperModel,
