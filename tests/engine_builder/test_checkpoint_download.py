@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import pytest
 from builder_support import FileServer
 
-from engine_builder.download import download_file, partial_path
+from engine_builder.download import LogProgress, download_file, partial_path
 from engine_builder.errors import ChecksumMismatchError, DownloadError
 
 CONTENT = bytes(range(256)) * 4096  # 1 MiB: several read chunks are not needed to prove resume
@@ -131,3 +132,14 @@ def test_unreachable_server_gives_up_after_the_attempts(tmp_path: Path) -> None:
         download_file(
             "http://127.0.0.1:9/model.pt", tmp_path / "m.pt", sha256=CONTENT_SHA256, attempts=2
         )
+
+
+def test_log_progress_logs_every_ten_percent(caplog: pytest.LogCaptureFixture) -> None:
+    progress = LogProgress("model.pt")
+    with caplog.at_level(logging.INFO, logger="engine_builder.download"):
+        for done in range(0, 1001, 7):
+            progress(done, 1000)
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 10
+    assert logged[0] == "downloading model.pt: 0/1000 bytes"
+    assert logged[-1] == "downloading model.pt: 903/1000 bytes"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
+from engine_builder.build import BuildPlan, resolve_precision
+from engine_builder.catalog import resolve_model
 from engine_builder.errors import InvalidOptionsError
 from engine_builder.trtllm_build import BuildOptions, decoder_build_args, encoder_build_args
 
@@ -74,3 +78,48 @@ def test_defaults_fit_long_utterances_with_previous_text_context() -> None:
 def test_impossible_limits_are_rejected(overrides: dict[str, int], message: str) -> None:
     with pytest.raises(InvalidOptionsError, match=message):
         BuildOptions(**overrides)
+
+
+def _plan(**changes: object) -> BuildPlan:
+    plan = BuildPlan(
+        model=resolve_model("tiny"),
+        precision=resolve_precision("float16"),
+        options=BuildOptions(),
+        trtllm_version="1.2.1",
+        gpu_name="NVIDIA L4",
+    )
+    return dataclasses.replace(plan, **changes)  # type: ignore[arg-type]
+
+
+def test_weight_only_precisions_use_float16_plugins() -> None:
+    plan = _plan(precision=resolve_precision("int4"))
+    decoder = plan.build_args()["decoder"]
+    assert decoder[decoder.index("--gpt_attention_plugin") + 1] == "float16"
+    assert plan.precision.quant_algo == "W4A16"
+    assert re.fullmatch(r"tiny-int4-trtllm1\.2\.1-l4-[0-9a-f]{8}", plan.key)
+
+
+def test_build_args_use_paths_relative_to_the_staging_dir() -> None:
+    encoder = _plan().build_args()["encoder"]
+    assert encoder[:4] == ["--checkpoint_dir", "checkpoint/encoder", "--output_dir", "encoder"]
+
+
+def test_key_is_stable_and_changes_with_every_input() -> None:
+    base = _plan().key
+    assert _plan().key == base
+    variants = [
+        _plan(options=BuildOptions(max_beam_width=1)),
+        _plan(precision=resolve_precision("bfloat16")),
+        _plan(trtllm_version="1.2.0"),
+        _plan(gpu_name="NVIDIA A10G"),
+        _plan(model=resolve_model("tiny.en")),
+    ]
+    keys = {plan.key for plan in variants}
+    assert len(keys) == len(variants) and base not in keys
+    # Spelling variants of one GPU are one GPU.
+    assert _plan(gpu_name="L4").key == base
+
+
+def test_unknown_precision_lists_the_choices() -> None:
+    with pytest.raises(InvalidOptionsError, match="float16, bfloat16, float32, int8, int4"):
+        resolve_precision("fp8")
