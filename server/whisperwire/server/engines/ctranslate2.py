@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import ctranslate2
 import numpy as np
+import numpy.typing as npt
 
 from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
 
@@ -44,6 +47,9 @@ class CTranslate2Engine:
             supports_word_timestamps=False,
             device=f"{device}/{compute}",
         )
+        # Language detection, the decode after it and fallback re-decodes all see the same
+        # window: on CPU one encoder pass serves them all.
+        self._cache = _EncoderCache() if device == "cpu" else None
 
     def generate(
         self,
@@ -52,10 +58,10 @@ class CTranslate2Engine:
         params: GenerationParams,
     ) -> list[Generation]:
         results = self._model.generate(
-            _storage(features),
+            self._encoded(features),
             [list(p) for p in prompts],
             beam_size=params.beam_size,
-            max_length=min(448, max(len(p) for p in prompts) + params.max_new_tokens),
+            max_length=_max_length(params.max_new_tokens, max(len(p) for p in prompts)),
             return_scores=True,
             return_no_speech_prob=params.return_no_speech_prob,
             suppress_blank=params.suppress_blank,
@@ -68,8 +74,50 @@ class CTranslate2Engine:
     def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
         return [
             [(token.strip("<|>"), prob) for token, prob in ranked]
-            for ranked in self._model.detect_language(_storage(features))
+            for ranked in self._model.detect_language(self._encoded(features))
         ]
+
+    def _encoded(self, features: Sequence[Features]) -> ctranslate2.StorageView:
+        """Encoder output for the batch, reusing rows already computed for the same windows."""
+        if self._cache is None:
+            return _storage(features)
+        rows = [self._cache.get(f) for f in features]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            fresh = self._model.encode(_storage([features[i] for i in missing]), to_cpu=True)
+            for i, row in zip(missing, np.array(fresh), strict=True):
+                rows[i] = row
+                self._cache.put(features[i], row)
+        filled = [row for row in rows if row is not None]  # every row is set by now
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(filled)))
+
+
+def _max_length(new_tokens: int, prompt_length: int) -> int:
+    """CTranslate2 decodes min(max_length // 2, max_length - prompt + 1) steps (Whisper's
+    n_text_ctx // 2 rule), so asking for N new tokens needs max_length of about 2 N."""
+    return min(448, max(2 * new_tokens, new_tokens + prompt_length - 1))
+
+
+class _EncoderCache:
+    """Encoder outputs of recently seen feature arrays, by identity (LRU, weakly held)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._rows: OrderedDict[int, tuple[weakref.ref[Features], npt.NDArray[np.float32]]] = (
+            OrderedDict()
+        )
+
+    def get(self, features: Features) -> npt.NDArray[np.float32] | None:
+        entry = self._rows.get(id(features))
+        if entry is None or entry[0]() is not features:
+            return None
+        self._rows.move_to_end(id(features))
+        return entry[1]
+
+    def put(self, features: Features, row: npt.NDArray[np.float32]) -> None:
+        self._rows[id(features)] = (weakref.ref(features), row)
+        while len(self._rows) > self._size:
+            self._rows.popitem(last=False)
 
 
 def _storage(features: Sequence[Features]) -> ctranslate2.StorageView:
