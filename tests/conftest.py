@@ -97,3 +97,10 @@ async def tiny_server(
 async def tiny_channel(tiny_server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{tiny_server.port}") as channel:
         yield channel
+
+
+# ---- clients (issue 4) ---------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_target(tiny_server: RunningServer) -> str:
+    """host:port of the shared tiny.en server, as the SDK and the CLI take it."""
+    return f"127.0.0.1:{tiny_server.port}"
