@@ -27,7 +27,8 @@ from whisperwire.server.app import ConfigurationError
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.domain import DecodeOptions
 from whisperwire.server.engine import GenerationParams
-from whisperwire.server.engines.trtllm import TrtLlmEngine, load_trtllm_engine
+from whisperwire.server.engines.trtllm import TrtLlmEngine
+from whisperwire.server.engines.trtllm_loader import load_trtllm_engine
 from whisperwire.server.errors import ModelNotFoundError
 from whisperwire.server.features import window_features
 from whisperwire.server.pipeline import SpeechPipeline
@@ -466,7 +467,7 @@ def test_an_unknown_gpu_skips_the_gpu_check_and_says_so(
     runtime: ModuleType, tiny_engine_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert not torch.cuda.is_available()  # this test machine has no GPU
-    with caplog.at_level(logging.WARNING, logger="whisperwire.server.engines.trtllm"):
+    with caplog.at_level(logging.WARNING, logger="whisperwire.server.engines.trtllm_loader"):
         engine, _ = load_trtllm_engine(trtllm_settings(tiny_engine_dir))
     assert engine.info.model == "tiny.en"
     assert "cannot determine the GPU" in caplog.text

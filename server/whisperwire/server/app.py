@@ -22,6 +22,7 @@ from whisperwire.server.auth import BearerTokenInterceptor
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.domain import DecodeOptions
 from whisperwire.server.engine import Engine
+from whisperwire.server.errors import ConfigurationError as ConfigurationError  # re-exported
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.scheduler import BatchScheduler
@@ -34,14 +35,10 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TranscriptionService"].full_name
 
 
-class ConfigurationError(Exception):
-    """Settings that cannot be served safely or at all (a startup error)."""
-
-
 def load_engine(settings: ServerSettings) -> tuple[Engine, WhisperTokenizer]:
     """The configured engine and the tokenizer that matches its vocabulary."""
     if settings.engine == "trtllm":
-        from whisperwire.server.engines.trtllm import load_trtllm_engine
+        from whisperwire.server.engines.trtllm_loader import load_trtllm_engine
 
         return load_trtllm_engine(settings)
     from whisperwire.server.engines.ctranslate2 import CTranslate2Engine

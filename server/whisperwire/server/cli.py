@@ -54,8 +54,8 @@ def add_serve_parser(subparsers: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from whisperwire.server.app import ConfigurationError, serve
-    from whisperwire.server.errors import ModelNotFoundError
+    from whisperwire.server.app import serve
+    from whisperwire.server.errors import ConfigurationError, ModelNotFoundError
     from whisperwire.server.logs import configure_logging
 
     given = {

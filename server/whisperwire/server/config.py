@@ -26,6 +26,8 @@ class ServerSettings(BaseSettings):
     engine: Literal["ctranslate2", "trtllm"] = "ctranslate2"
     engine_dir: Path | None = None
     """TensorRT-LLM engine directory written by engine_builder (engine=trtllm)."""
+    kv_cache_free_gpu_memory_fraction: float = Field(0.9, gt=0, le=1)
+    """TensorRT-LLM: share of free GPU memory for the KV cache (the runtime's default)."""
     device: Literal["cpu", "cuda"] = "cpu"
     compute_type: str | None = None
     """CTranslate2 compute type; unset picks int8 on CPU where it is faster."""

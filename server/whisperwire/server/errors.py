@@ -115,3 +115,9 @@ class InternalError(WhisperwireError):
     """A bug on our side (maps to INTERNAL); the server keeps serving."""
 
     reason = "INTERNAL"
+
+
+class ConfigurationError(WhisperwireError):
+    """Settings that cannot be served safely or at all (a startup error)."""
+
+    reason = "CONFIGURATION"

@@ -1,0 +1,410 @@
+"""Serving behind a Modal tunnel: the part of the Modal deployment that does not need Modal.
+
+whisperwire_modal.py wires Modal's objects into these functions; tests pass loopback stand-ins.
+
+- The gRPC server runs on a thread of its own with its own event loop (`BackgroundServer`). In
+  an `@app.cls` container Modal's event loop runs only while an input executes (modal.md §4),
+  so a server started on it would stall between inputs.
+- `serve_behind_tunnel` exposes the port with `forward(port, unencrypted=True)`: gRPC needs
+  HTTP/2, which the tunnel's TLS endpoint does not offer, so clients use its raw TCP endpoint
+  with a plaintext channel. That endpoint is public, hence a bearer token is required.
+- The tunnel's address is random per container, so it is published in a registry (a named
+  `modal.Dict`) under the container's id, with a heartbeat; clients pick among live entries
+  (whisperwire.client.modal_discovery).
+- Stopping withdraws the entry first (new clients go elsewhere), then drains (open streams get
+  their finals through the still-open tunnel), then closes the tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol, TypeVar
+
+from engine_builder import (
+    EngineDirError,
+    build_engines,
+    check_engine_dir,
+    load_manifest,
+    resolve_model,
+)
+from engine_builder.manifest import MANIFEST_NAME
+from whisperwire.client.modal_discovery import HEARTBEAT_SECONDS, TunnelEndpoint
+from whisperwire.server.app import ConfigurationError, RunningServer, start_server
+from whisperwire.server.config import ServerSettings
+from whisperwire.server.engine import Engine
+from whisperwire.server.tokenizer import WhisperTokenizer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Layout of the Modal Volume: engine_builder's build directories (engines, assets, manifest)
+# and the downloaded OpenAI checkpoints they were built from.
+ENGINES_DIR = "engines"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+class Tunnel(Protocol):
+    """The part of `modal.Tunnel` used here."""
+
+    @property
+    def tcp_socket(self) -> tuple[str, int]: ...
+
+
+class Forward(Protocol):
+    """`modal.forward`: exposes a container port while the context is open."""
+
+    def __call__(self, port: int, *, unencrypted: bool = ...) -> AbstractContextManager[Tunnel]: ...
+
+
+class Registry(Protocol):
+    """The part of `modal.Dict` used here."""
+
+    def put(self, key: str, value: dict[str, Any], /) -> object: ...
+
+    def pop(self, key: str, default: Any, /) -> Any: ...
+
+
+def require_token(settings: ServerSettings) -> None:
+    """A tunnel is reachable by anyone who finds its address: refuse to serve without a token."""
+    if settings.token is None or not settings.token.get_secret_value():
+        raise ConfigurationError(
+            "serving through a public tunnel needs a bearer token: set WHISPERWIRE_TOKEN "
+            "(on Modal, in the whisperwire-token Secret)"
+        )
+
+
+# --- the server on its own thread ---------------------------------------------------------
+
+
+class BackgroundServer:
+    """`start_server` on a dedicated thread and event loop; `start` returns once it serves."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engine: Engine,
+        tokenizer: WhisperTokenizer,
+        *,
+        warm_up: bool = True,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._tokenizer = tokenizer
+        self._warm_up = warm_up
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="whisperwire-grpc", daemon=True)
+        self._running: RunningServer | None = None
+
+    @property
+    def running(self) -> RunningServer:
+        if self._running is None:
+            raise RuntimeError("the server is not running")
+        return self._running
+
+    def start(self) -> RunningServer:
+        self._thread.start()
+        try:
+            self._running = self._call(
+                start_server(self._settings, self._engine, self._tokenizer, warm_up=self._warm_up)
+            )
+        except BaseException:
+            self._stop_loop()
+            raise
+        return self._running
+
+    def stop(self, grace: float) -> None:
+        """Drain (open streams get their finals within `grace` seconds), then end the thread."""
+        if self._running is not None:
+            running, self._running = self._running, None
+            self._call(running.drain_and_stop(grace))
+        self._stop_loop()
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            _cancel_leftover_tasks(self._loop)
+            self._loop.close()
+
+    def _stop_loop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+
+def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+
+
+# --- behind the tunnel, registered ----------------------------------------------------------
+
+
+class Heartbeat:
+    """Re-stamps the endpoint's registry entry every `interval` seconds, on a daemon thread.
+
+    A failed write is logged, not fatal: the server keeps serving the clients it has, and
+    clients treat the entry as stale only after several missed beats.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        endpoint: TunnelEndpoint,
+        interval: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._registry = registry
+        self._endpoint = endpoint
+        self._interval = interval
+        self._clock = clock
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="whisperwire-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Return once no beat is in flight, so none can re-publish a withdrawn entry."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._registry.put(
+                    self._endpoint.container, self._endpoint.beat(self._clock()).to_entry()
+                )
+            except Exception:
+                log.warning("heartbeat to the endpoint registry failed", exc_info=True)
+
+
+class TunnelService:
+    """A server behind a tunnel, registered while it serves. `stop` is idempotent."""
+
+    def __init__(
+        self,
+        server: BackgroundServer,
+        tunnel: ExitStack,
+        registry: Registry,
+        endpoint: TunnelEndpoint,
+        heartbeat: Heartbeat,
+        grace: float,
+    ) -> None:
+        self.server = server
+        self.endpoint = endpoint
+        self._tunnel = tunnel
+        self._registry = registry
+        self._heartbeat = heartbeat
+        self._grace = grace
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+
+    def stop(self, grace: float | None = None) -> None:
+        """Withdraw the address, drain, close the tunnel. A concurrent caller waits for it."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._heartbeat.stop()
+            self._withdraw()
+            try:
+                self.server.stop(self._grace if grace is None else grace)
+            finally:
+                self._tunnel.close()
+            log.info("stopped serving through %s", self.endpoint.target)
+
+    def _withdraw(self) -> None:
+        try:
+            self._registry.pop(self.endpoint.container, None)
+        except Exception:
+            # Draining matters more; clients will see the entry go stale.
+            log.warning("could not withdraw %s from the registry", self.endpoint.container)
+
+
+def serve_behind_tunnel(
+    settings: ServerSettings,
+    engine: Engine,
+    tokenizer: WhisperTokenizer,
+    *,
+    forward: Forward,
+    registry: Registry,
+    key: str,
+    heartbeat_interval: float = HEARTBEAT_SECONDS,
+    clock: Callable[[], float] = time.time,
+) -> TunnelService:
+    """Start the server, expose it through `forward`, publish its address under `key`."""
+    require_token(settings)
+    server = BackgroundServer(settings, engine, tokenizer)
+    running = server.start()
+    tunnel_scope = ExitStack()
+    try:
+        tunnel = tunnel_scope.enter_context(forward(running.port, unencrypted=True))
+        host, port = tunnel.tcp_socket
+        now = clock()
+        endpoint = TunnelEndpoint(
+            host=host,
+            port=port,
+            container=key,
+            model=engine.info.model,
+            engine=engine.info.name,
+            started_at=now,
+            heartbeat_at=now,
+        )
+        # Unreachable clients make a server useless: a failed first publish fails startup.
+        registry.put(key, endpoint.to_entry())
+    except BaseException:
+        tunnel_scope.close()
+        server.stop(grace=0)
+        raise
+    heartbeat = Heartbeat(registry, endpoint, heartbeat_interval, clock)
+    heartbeat.start()
+    log.info("serving %s on port %d through the tunnel %s", key, running.port, endpoint.target)
+    grace = settings.grace_seconds
+    return TunnelService(server, tunnel_scope, registry, endpoint, heartbeat, grace)
+
+
+def drain_on_sigterm(stop: Callable[[], None]) -> None:
+    """On SIGTERM: run `stop` (drain) on a thread, then interrupt this process.
+
+    The interrupt (SIGINT) is how Modal's runtime stops a container itself, so after the drain
+    it unwinds the usual way and runs the exit hooks (whose `stop` is then a no-op). Call from
+    the main thread (e.g. a sync `@modal.enter`).
+    """
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # A signal handler must return promptly; the drain takes up to the grace period.
+        drain = threading.Thread(target=_stop_then_interrupt, args=(stop,), name="drain")
+        drain.start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _stop_then_interrupt(stop: Callable[[], None]) -> None:
+    try:
+        stop()
+    finally:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+# --- engines on the Volume --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    engine_dir: Path
+    built: bool
+    """False when a build with the same key was already on the Volume (nothing was done)."""
+
+
+def build_into_volume(
+    volume_root: Path,
+    model: str,
+    precision: str,
+    *,
+    gpu: str,
+    commit: Callable[[], None],
+) -> EngineBuild:
+    """Build engines into `<volume_root>/engines/<key>/` unless that key exists; commit if built.
+
+    `gpu` names the GPU type when nvidia-smi cannot (engine_builder prefers nvidia-smi's name).
+    Checkpoints are cached in `<volume_root>/checkpoints/` for rebuilds.
+    """
+    engines_root = volume_root / ENGINES_DIR
+    before = _build_names(engines_root)
+    engine_dir = build_engines(
+        model, precision, engines_root, gpu=gpu, download_dir=volume_root / CHECKPOINTS_DIR
+    )
+    built = engine_dir.name not in before
+    if built:
+        # Serving containers see the Volume as last committed when they start.
+        commit()
+    return EngineBuild(engine_dir, built)
+
+
+def _build_names(engines_root: Path) -> set[str]:
+    if not engines_root.is_dir():
+        return set()
+    return {p.name for p in engines_root.iterdir() if (p / MANIFEST_NAME).is_file()}
+
+
+def find_engine_dir(
+    engines_root: Path,
+    model: str,
+    precision: str,
+    *,
+    trtllm_version: str,
+    gpu_name: str | None,
+) -> Path:
+    """The newest complete build of `model` at `precision` usable with this TensorRT-LLM and GPU.
+
+    `gpu_name` None (no nvidia-smi) skips the GPU check; the engine loader checks again.
+    Raises EngineDirError saying how to build one when there is none.
+    """
+    canonical = resolve_model(model).name
+    usable: list[tuple[float, Path]] = []
+    for directory in _build_dirs(engines_root):
+        try:
+            manifest = load_manifest(directory)
+            if (manifest.model, manifest.precision) != (canonical, precision):
+                continue
+            check_engine_dir(
+                directory, trtllm_version=trtllm_version, gpu=gpu_name or manifest.gpu_name
+            )
+        except EngineDirError as error:
+            log.info("not using %s: %s", directory.name, error)
+            continue
+        usable.append((manifest.build_time.timestamp(), directory))
+    if not usable:
+        raise EngineDirError(
+            f"no {canonical} {precision} engines for TensorRT-LLM {trtllm_version} on "
+            f"{gpu_name or 'this GPU'} under {engines_root}; build them first "
+            f"(`modal run whisperwire_modal.py::build_engines --model {model} "
+            f"--precision {precision}`)"
+        )
+    return max(usable)[1]
+
+
+def _build_dirs(engines_root: Path) -> list[Path]:
+    if not engines_root.is_dir():
+        return []
+    # Hidden entries are engine_builder's staging directories, never finished builds.
+    return sorted(
+        p
+        for p in engines_root.iterdir()
+        if not p.name.startswith(".") and (p / MANIFEST_NAME).is_file()
+    )
+
+
+def container_settings(engine_dir: Path, *, port: int, grace: float) -> ServerSettings:
+    """Settings of a GPU container: TensorRT-LLM engines, all interfaces, token from the env.
+
+    Every other WHISPERWIRE_* variable (e.g. in the Secret) still applies.
+    """
+    overrides: dict[str, Any] = {
+        "engine": "trtllm",
+        "engine_dir": engine_dir,
+        "device": "cuda",
+        "host": "0.0.0.0",
+        "port": port,
+        "grace_seconds": grace,
+    }
+    return ServerSettings(**overrides)
