@@ -105,10 +105,10 @@ class _Utterance:
     partial_at_time: float = 0.0
     previous_words: list[str] = field(default_factory=list)
 
-    def audio(self, start: int) -> Audio:
+    def audio(self, start: int, end: int) -> Audio:
         joined = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
-        self.chunks = [joined]  # join once; later pushes append to it
-        return joined[start:]
+        self.chunks = [joined]  # joined once; later pushes append after it
+        return joined[start:end]
 
 
 class StreamSession:
@@ -220,7 +220,7 @@ class StreamSession:
         options = self.config.options
         if utterance.language is not None:
             options = replace(options, language=utterance.language)  # one language per utterance
-        audio = utterance.audio(0)[start:end]
+        audio = utterance.audio(start, end)
         transcript = await self.pipeline.transcribe(
             audio, options, priority=priority, offset=(utterance.origin + start) / SAMPLE_RATE
         )
