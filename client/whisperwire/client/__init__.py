@@ -1,10 +1,10 @@
 """Python SDK for whisperwire: blocking and asyncio clients over the generated gRPC stubs.
 
-    from whisperwire.client import Client, RecognitionOptions
+from whisperwire.client import Client, RecognitionOptions
 
-    with Client("127.0.0.1:50051", token="...") as client:
-        transcript = client.transcribe("talk.flac", RecognitionOptions(language="en"))
-        print(transcript.text)
+with Client("127.0.0.1:50051", token="...") as client:
+    transcript = client.transcribe("talk.flac", RecognitionOptions(language="en"))
+    print(transcript.text)
 """
 
 from whisperwire.client.aio import AsyncAudioStream, AsyncClient

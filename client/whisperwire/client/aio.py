@@ -1,11 +1,11 @@
 """The asyncio client: the one implementation of the protocol (the sync client wraps it).
 
-    async with AsyncClient("127.0.0.1:50051") as client:
-        transcript = await client.transcribe("talk.flac")
-        async with await client.stream() as stream:
-            await stream.push(pcm)
-            await stream.end_utterance()
-            async for event in stream: ...
+async with AsyncClient("127.0.0.1:50051") as client:
+    transcript = await client.transcribe("talk.flac")
+    async with await client.stream() as stream:
+        await stream.push(pcm)
+        await stream.end_utterance()
+        async for event in stream: ...
 """
 
 from __future__ import annotations

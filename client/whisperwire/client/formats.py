@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
@@ -31,6 +32,10 @@ def transcript_json(
     return data
 
 
+def json_line(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False)
+
+
 def segment_json(segment: Segment) -> dict[str, Any]:
     data: dict[str, Any] = {
         "index": segment.index,
@@ -40,8 +45,12 @@ def segment_json(segment: Segment) -> dict[str, Any]:
     }
     if segment.words:
         data["words"] = [
-            {"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3),
-             "probability": round(w.probability, 4)}
+            {
+                "text": w.text,
+                "start": round(w.start, 3),
+                "end": round(w.end, 3),
+                "probability": round(w.probability, 4),
+            }
             for w in segment.words
         ]
     return data

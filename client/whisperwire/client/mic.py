@@ -85,8 +85,8 @@ def _default_input_index(sd: ModuleType) -> int | None:
 class MicrophoneStream:
     """Frames of 16-bit mono PCM from an input device.
 
-        with MicrophoneStream(frame_ms=20) as mic:
-            for frame in mic: ...
+    with MicrophoneStream(frame_ms=20) as mic:
+        for frame in mic: ...
     """
 
     def __init__(
@@ -113,8 +113,11 @@ class MicrophoneStream:
             self._stream.start()
         except (sd.PortAudioError, ValueError) as error:
             raise MicrophoneError(f"cannot open the input device: {error}") from None
-        log.info("capturing from %s at %d Hz", self.device.name if self.device else "default",
-                 self.sample_rate)
+        log.info(
+            "capturing from %s at %d Hz",
+            self.device.name if self.device else "default",
+            self.sample_rate,
+        )
         return self
 
     def __exit__(
@@ -124,7 +127,9 @@ class MicrophoneStream:
         traceback: TracebackType | None,
     ) -> None:
         if self._stream is not None:
-            self._stream.stop()
+            # abort, not stop: stop waits for buffers to drain, which never happens when the
+            # source has gone quiet (a pipe source, an unplugged device).
+            self._stream.abort()
             self._stream.close()
             self._stream = None
         self._queue.put(None)

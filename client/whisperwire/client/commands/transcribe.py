@@ -1,0 +1,142 @@
+"""`whisperwire transcribe FILE...`: one unary call per file."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from whisperwire.client import formats
+from whisperwire.client.aio import AsyncClient
+from whisperwire.client.audio_file import probe_duration
+from whisperwire.client.commands import common
+from whisperwire.client.commands.progress import ProgressBar
+from whisperwire.client.errors import InvalidRequestError
+from whisperwire.client.options import RecognitionOptions
+from whisperwire.client.results import Transcript
+
+FORMATS = ("text", "json", "srt", "vtt")
+EXTENSIONS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
+LONG_INPUT_SECONDS = 60.0  # a single file this long gets a progress bar too
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "transcribe",
+        parents=[common.connection_parser()],
+        help="transcribe audio files",
+        description="Transcribe audio files (WAV, FLAC, MP3, Ogg, WebM, M4A), one call each.",
+    )
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    common.add_recognition_args(parser)
+    parser.add_argument(
+        "--timestamps",
+        action="store_true",
+        help="phrase-level segments with accurate times (on for srt/vtt)",
+    )
+    parser.add_argument("--word-timestamps", action="store_true", help="per-word times (json)")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output (default text)")
+    parser.add_argument(
+        "-o", "--output-dir", type=Path, help="write FILE's result to DIR/<name>.<txt|json|srt|vtt>"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: on a terminal, many/long files)",
+    )
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    return common.run(args, lambda: transcribe_all(args))
+
+
+async def transcribe_all(args: argparse.Namespace) -> int:
+    _check_outputs(args)
+    options = common.recognition_options(
+        args,
+        segment_timestamps=args.timestamps or args.format in ("srt", "vtt"),
+        word_timestamps=args.word_timestamps,
+    )
+    durations = {path: probe_duration(path) for path in args.files}
+    status = common.EXIT_OK
+    async with common.make_client(args) as client, _progress(args, durations) as bar:
+        for path in args.files:
+            if bar:
+                bar.begin(path.name)
+            status = max(status, await _one(client, path, options, args))
+            if bar:
+                bar.done(durations[path])
+    return status
+
+
+async def _one(
+    client: AsyncClient, path: Path, options: RecognitionOptions, args: argparse.Namespace
+) -> int:
+    """Transcribe and print one file. A bad file is reported and skipped; a failing server
+    (unreachable, wrong token) ends the whole command."""
+    try:
+        transcript = await client.transcribe(path, options, request_id=path.name)
+    except OSError as error:
+        common.fail("whisperwire transcribe", f"{path}: {error.strerror or error}")
+        return common.EXIT_LOCAL
+    except InvalidRequestError as error:
+        common.fail("whisperwire transcribe", f"{path}: {common.explain(error, args.server)}")
+        return common.EXIT_SERVICE
+    _output(path, transcript, args)
+    return common.EXIT_OK
+
+
+def _output(path: Path, transcript: Transcript, args: argparse.Namespace) -> None:
+    rendered = render(transcript, args.format, str(path), timings=args.timings)
+    if args.output_dir:
+        target = args.output_dir / (path.stem + EXTENSIONS[args.format])
+        target.write_text(rendered + "\n", encoding="utf-8")
+    elif args.format == "text" and len(args.files) > 1:
+        common.emit(f"{path}: {rendered}")
+    else:
+        common.emit(rendered)
+    if args.timings and transcript.timings and args.format != "json":
+        common.note(f"{path}: {formats.timings_line(transcript.timings)}")
+
+
+def render(transcript: Transcript, output: str, source: str, *, timings: bool) -> str:
+    if output == "json":
+        data = formats.transcript_json(transcript, source=source, timings=timings)
+        return formats.json_line(data)
+    if output == "srt":
+        return formats.srt(transcript)
+    if output == "vtt":
+        return formats.vtt(transcript)
+    return transcript.text.strip()
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    if args.output_dir is None and len(args.files) > 1 and args.format in ("srt", "vtt"):
+        raise common.LocalProblem(f"several {args.format} files need --output-dir DIR")
+    if args.output_dir is not None:
+        try:
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise common.LocalProblem(f"cannot create {args.output_dir}: {error}") from None
+
+
+@contextlib.asynccontextmanager
+async def _progress(
+    args: argparse.Namespace, durations: dict[Path, float | None]
+) -> AsyncIterator[ProgressBar | None]:
+    known = [d for d in durations.values() if d is not None]
+    wanted = args.progress
+    if wanted is None:
+        worth_it = len(durations) > 1 or sum(known) >= LONG_INPUT_SECONDS
+        wanted = worth_it and sys.stderr.isatty()
+    if not wanted:
+        yield None
+        return
+    total = sum(known) if len(known) == len(durations) else None
+    async with ProgressBar(len(durations), total) as bar:
+        yield bar

@@ -1,0 +1,185 @@
+"""Finding the servers of a Modal deployment (`whisperwire --modal-app NAME`).
+
+Each serving container exposes its gRPC port through a `modal.forward` tunnel, whose public
+address is random and changes with every container start. So the container publishes that
+address in a named `modal.Dict` (`<app>-endpoints`), refreshes a heartbeat in it while it
+serves, and removes it when it drains. Clients read the Dict, drop entries whose heartbeat has
+gone stale (a container killed without its exit hook), and pick one of the rest.
+
+    target = resolve_target("whisperwire")          # "r3.modal.host:23447"
+
+`modal` is imported only when a registry is opened: the SDK does not depend on it otherwise
+(`pip install 'whisperwire[modal]'`; it needs Modal credentials, as `modal token new` writes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from whisperwire.client.errors import WhisperwireClientError
+
+REGISTRY_SUFFIX = "-endpoints"
+HEARTBEAT_SECONDS = 15.0
+"""How often a serving container refreshes its entry."""
+STALE_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS
+"""An entry older than this is ignored: a few missed beats, plus some clock skew between the
+container (which stamps it) and the client (which judges it)."""
+
+
+class NoEndpointError(WhisperwireClientError):
+    """No live server is registered for the app (or the registry cannot be read)."""
+
+
+def registry_name(app_name: str) -> str:
+    """The name of the `modal.Dict` where the servers of `app_name` register."""
+    return f"{app_name}{REGISTRY_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class TunnelEndpoint:
+    """One serving container as it registers itself: where, what, and when it last said so."""
+
+    host: str
+    port: int
+    container: str
+    """The registry key: Modal's task id of the container."""
+    model: str
+    engine: str
+    started_at: float
+    heartbeat_at: float
+    """Seconds since the epoch, by the container's clock."""
+
+    @property
+    def target(self) -> str:
+        """`host:port` for a plaintext gRPC channel (the tunnel is raw TCP)."""
+        return f"{self.host}:{self.port}"
+
+    def beat(self, now: float) -> TunnelEndpoint:
+        return dataclasses.replace(self, heartbeat_at=now)
+
+    def to_entry(self) -> dict[str, Any]:
+        """The registry value: plain data, so any client version can read it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> TunnelEndpoint:
+        """Parse a registry value; ValueError if it is not one this client understands."""
+        try:
+            return cls(
+                host=_typed(entry["host"], str),
+                port=_typed(entry["port"], int),
+                container=_typed(entry["container"], str),
+                model=_typed(entry["model"], str),
+                engine=_typed(entry["engine"], str),
+                started_at=float(_typed(entry["started_at"], (int, float))),
+                heartbeat_at=float(_typed(entry["heartbeat_at"], (int, float))),
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"not a whisperwire endpoint entry: {entry!r} ({error})") from None
+
+
+def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    # bool is an int; a port of True is a corrupt entry, not port 1.
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{value!r} is not {kind}")
+    return value
+
+
+class EndpointRegistry(Protocol):
+    """What clients need of a `modal.Dict`."""
+
+    def items(self) -> Iterable[tuple[Any, Any]]: ...
+
+
+def live_endpoints(
+    registry: EndpointRegistry,
+    *,
+    model: str | None = None,
+    now: float | None = None,
+    stale_after: float = STALE_AFTER_SECONDS,
+) -> list[TunnelEndpoint]:
+    """Registered endpoints with a recent heartbeat (serving `model`, if given), freshest first.
+
+    Entries this client cannot parse are skipped: a newer server may publish more fields.
+    """
+    now = time.time() if now is None else now
+    endpoints = []
+    for _key, value in registry.items():
+        try:
+            endpoint = TunnelEndpoint.from_entry(value)
+        except ValueError:
+            continue
+        if now - endpoint.heartbeat_at > stale_after:
+            continue
+        if model is None or endpoint.model == model:
+            endpoints.append(endpoint)
+    return sorted(endpoints, key=lambda e: e.heartbeat_at, reverse=True)
+
+
+def choose_endpoint(
+    endpoints: list[TunnelEndpoint], *, rng: random.Random | None = None
+) -> TunnelEndpoint:
+    """One of the live endpoints, at random: clients spread over the replicas that way."""
+    if not endpoints:
+        raise NoEndpointError("no live whisperwire server is registered")
+    return (rng or random.Random()).choice(endpoints)
+
+
+def open_registry(name: str, *, environment: str | None = None) -> EndpointRegistry:
+    """The named `modal.Dict` (not created if missing: only servers create it)."""
+    try:
+        import modal
+    except ImportError as error:
+        raise NoEndpointError(
+            f"resolving a Modal app needs the modal package: pip install 'whisperwire[modal]' "
+            f"({error})"
+        ) from error
+    registry: EndpointRegistry = modal.Dict.from_name(name, environment_name=environment)
+    return registry
+
+
+def resolve_endpoints(
+    app_name: str,
+    *,
+    environment: str | None = None,
+    model: str | None = None,
+    registry: EndpointRegistry | None = None,
+) -> list[TunnelEndpoint]:
+    """The live endpoints of a deployed Modal app, freshest first (NoEndpointError if none)."""
+    name = registry_name(app_name)
+    try:
+        endpoints = live_endpoints(
+            registry or open_registry(name, environment=environment), model=model
+        )
+    except NoEndpointError:
+        raise
+    except Exception as error:  # modal's NotFoundError, AuthError, connection errors
+        raise NoEndpointError(
+            f"cannot read the server registry {name!r} from Modal: {type(error).__name__}: "
+            f"{error} (is the app deployed, and are Modal credentials set up?)"
+        ) from error
+    if not endpoints:
+        what = f" serving {model}" if model else ""
+        raise NoEndpointError(
+            f"no live server{what} in {name!r}: is `{app_name}` deployed and its server up? "
+            f"(entries older than {STALE_AFTER_SECONDS:.0f} s are ignored)"
+        )
+    return endpoints
+
+
+def resolve_target(
+    app_name: str,
+    *,
+    environment: str | None = None,
+    model: str | None = None,
+    registry: EndpointRegistry | None = None,
+    rng: random.Random | None = None,
+) -> str:
+    """`host:port` of one live server of `app_name`, for a plaintext channel with a token."""
+    endpoints = resolve_endpoints(app_name, environment=environment, model=model, registry=registry)
+    return choose_endpoint(endpoints, rng=rng).target
