@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every benchmark with its defaults (about 15 minutes on 2 idle cores) and writes
+# benchmarks/results/SUMMARY.md. Results are JSON files in benchmarks/results/.
+#   benchmarks/run_all.sh            # everything
+#   PYTHON=python benchmarks/run_all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+
+run() {
+  echo "=== $* ($(cut -d' ' -f1-3 /proc/loadavg) load)"
+  "$PY" -m "$@"
+}
+
+run benchmarks.pipeline_vs_faster_whisper
+run benchmarks.service_latency
+run benchmarks.stream_capacity
+# Diagnostic: the same server with numpy's OpenBLAS on one thread (log-mel of every final).
+run benchmarks.stream_capacity --streams 10,50 --server-env OPENBLAS_NUM_THREADS=1 --tag openblas1
+run benchmarks.summary
