@@ -164,6 +164,8 @@ class PushToTalkSession:
             self._lose(stream, error)
 
     def _result(self, final: Final) -> UtteranceResult:
+        if final.end_reason != EndReason.CLIENT_END:
+            self._sent_since_end = False  # the server ended it (e.g. shutting down) itself
         answered = final.end_reason == EndReason.CLIENT_END and self._pending
         pending = self._pending.popleft() if answered else None
         automatic = pending.automatic if pending else False
@@ -177,7 +179,7 @@ class PushToTalkSession:
         if self._stream is not stream:
             return
         log.warning("stream lost: %s", error)
-        lost = self._talking or bool(self._pending)
+        lost = bool(self._pending) or (self._talking and self._sent_since_end)
         self._stream, self._reader = None, None
         self._pending.clear()
         stream.abort()
