@@ -57,8 +57,10 @@ def no_traceback(run: Run) -> None:
 async def token_server(
     tiny_engine: tuple[CTranslate2Engine, WhisperTokenizer],
 ) -> AsyncIterator[RunningServer]:
+    """Wants a token; takes requests up to 500 kB (jfk.flac is 1.1 MB)."""
     engine, tokenizer = tiny_engine
-    running = await start_server(ServerSettings(port=0, token=TOKEN), engine, tokenizer)
+    settings = ServerSettings(port=0, token=TOKEN, max_request_bytes=500_000)
+    running = await start_server(settings, engine, tokenizer)
     yield running
     await running.drain_and_stop(grace=1.0)
 
@@ -199,6 +201,19 @@ async def test_wrong_token_is_a_clear_message_and_exit_1(token_server: RunningSe
     by_flag = await whisperwire("info", "--server", target, "--token", TOKEN)
     by_env = await whisperwire("info", "--server", target, env={"WHISPERWIRE_TOKEN": TOKEN})
     assert by_flag.code == by_env.code == 0
+
+
+async def test_a_file_over_the_size_limit_is_reported_and_the_rest_still_done(
+    token_server: RunningServer,
+) -> None:
+    target = f"127.0.0.1:{token_server.port}"
+    run = await whisperwire(
+        "transcribe", str(JFK.path), str(HESTER.path), "--server", target, "--token", TOKEN
+    )
+    assert run.code == 1
+    assert "jfk.flac: the request is larger than the server accepts" in run.stderr
+    assert wer(HESTER.reference, run.stdout.split(":", 1)[1]) <= 0.1
+    no_traceback(run)
 
 
 async def test_serve_is_still_there() -> None:

@@ -80,6 +80,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        if self._loop.loop.is_closed():
+            return
         self._loop.run(self._async.close())
         self._loop.stop()
 

@@ -143,8 +143,9 @@ def explain(error: ServiceError, target: str) -> str:
     if isinstance(error, DeadlineExceededError):
         return "the server did not answer within the deadline (--timeout)"
     if isinstance(error, ServerBusyError):
-        after = f"; retry in {error.retry_delay:g} s" if error.retry_delay is not None else ""
-        return f"the server is busy: {error.message}{after}"
+        if error.retry_delay is None:  # gRPC's own size check, not the server's admission
+            return f"the request is larger than the server accepts: {error.message}"
+        return f"the server is busy: {error.message}; retry in {error.retry_delay:g} s"
     if isinstance(error, InvalidRequestError):
         reason = f" [{error.reason}]" if error.reason else ""
         return f"the server refused the request: {error.message}{reason}"

@@ -14,7 +14,7 @@ from whisperwire.client.aio import AsyncClient
 from whisperwire.client.audio_file import probe_duration
 from whisperwire.client.commands import common
 from whisperwire.client.commands.progress import ProgressBar
-from whisperwire.client.errors import InvalidRequestError
+from whisperwire.client.errors import InvalidRequestError, ServerBusyError, ServiceError
 from whisperwire.client.options import RecognitionOptions
 from whisperwire.client.results import Transcript
 
@@ -84,11 +84,19 @@ async def _one(
     except OSError as error:
         common.fail("whisperwire transcribe", f"{path}: {error.strerror or error}")
         return common.EXIT_LOCAL
-    except InvalidRequestError as error:
+    except ServiceError as error:
+        if not _about_this_file(error):
+            raise
         common.fail("whisperwire transcribe", f"{path}: {common.explain(error, args.server)}")
         return common.EXIT_SERVICE
     _output(path, transcript, args)
     return common.EXIT_OK
+
+
+def _about_this_file(error: ServiceError) -> bool:
+    """Undecodable, too long or too large: the next file may still work."""
+    too_large = isinstance(error, ServerBusyError) and error.retry_delay is None
+    return isinstance(error, InvalidRequestError) or too_large
 
 
 def _output(path: Path, transcript: Transcript, args: argparse.Namespace) -> None:
