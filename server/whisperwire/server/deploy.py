@@ -39,9 +39,10 @@ from engine_builder import (
 )
 from engine_builder.manifest import MANIFEST_NAME
 from whisperwire.client.modal_discovery import HEARTBEAT_SECONDS, TunnelEndpoint
-from whisperwire.server.app import ConfigurationError, RunningServer, start_server
+from whisperwire.server.app import RunningServer, start_server
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engine import Engine
+from whisperwire.server.errors import ConfigurationError
 from whisperwire.server.tokenizer import WhisperTokenizer
 
 log = logging.getLogger(__name__)

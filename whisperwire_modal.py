@@ -1,0 +1,533 @@
+# # Whisper over gRPC on Modal, with TensorRT-LLM
+#
+# This app runs the whisperwire gRPC server on a Modal GPU: OpenAI's Whisper compiled with
+# TensorRT-LLM 1.2.1, unary transcription and push-to-talk streaming, behind a bearer token.
+#
+# Modal's web endpoints speak HTTP/1.1, and gRPC needs HTTP/2. So the server listens on a
+# plain TCP port that `modal.forward(port, unencrypted=True)` exposes through a public raw-TCP
+# tunnel. The tunnel's address is random per container, so each container publishes it in a
+# named `modal.Dict`, refreshes a heartbeat there, and withdraws it when it drains; clients
+# (`whisperwire --modal-app whisperwire ...`) read the Dict and pick a live server.
+#
+# A second, unverified variant serves the same server with `@app.server(h2_enabled=True)`,
+# which gives a stable, load-balanced URL if Modal's proxy carries gRPC's cleartext HTTP/2.
+#
+# Operator commands (docs/modal.md has the details):
+#
+# ```sh
+# modal secret create whisperwire-token WHISPERWIRE_TOKEN="$WHISPERWIRE_TOKEN"
+# modal run whisperwire_modal.py::build_engines     # once per model/precision/GPU
+# modal deploy whisperwire_modal.py
+# whisperwire --modal-app whisperwire ...           # any machine with Modal credentials
+# modal run whisperwire_modal.py::smoke             # tiny.en end to end, prints text + timings
+# modal run whisperwire_modal.py::benchmark         # RTFx and push-to-talk latency table
+# ```
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import statistics
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
+
+import modal
+
+from whisperwire.client.modal_discovery import registry_name, resolve_target
+
+# ## Constants
+#
+# Everything that decides what runs where. The model, precision, GPU and replica count can be
+# overridden from the environment of `modal deploy` / `modal run`; the values are handed to the
+# containers (see `SETTINGS_ENV`) so that both sides agree.
+
+APP_NAME = "whisperwire"
+MINUTES = 60
+
+# L40S (Ada, 48 GB) is on TensorRT-LLM's supported list and fits every Whisper size with room
+# for batching. A100/H100 are supported too; A10G/L4 are the same architectures but not listed.
+GPU = os.environ.get("WHISPERWIRE_MODAL_GPU", "L40S")
+MODEL = os.environ.get("WHISPERWIRE_MODAL_MODEL", "large-v3-turbo")
+PRECISION = os.environ.get("WHISPERWIRE_MODAL_PRECISION", "float16")
+# Tunnel servers kept up at all times (each with its own address in the registry).
+REPLICAS = int(os.environ.get("WHISPERWIRE_MODAL_REPLICAS", "1"))
+# The Dict where tunnel servers register; the smoke test and benchmark use their own.
+REGISTRY = os.environ.get("WHISPERWIRE_MODAL_REGISTRY", registry_name(APP_NAME))
+SETTINGS_ENV: dict[str, str | None] = {
+    "WHISPERWIRE_MODAL_GPU": GPU,
+    "WHISPERWIRE_MODAL_MODEL": MODEL,
+    "WHISPERWIRE_MODAL_PRECISION": PRECISION,
+    "WHISPERWIRE_MODAL_REGISTRY": REGISTRY,
+}
+
+SMOKE_MODEL = "tiny.en"
+SMOKE_APP = f"{APP_NAME}-smoke"
+BENCHMARK_APP = f"{APP_NAME}-benchmark"
+
+GRPC_PORT = 50051
+# Seconds an open stream gets to finish on shutdown (the server's grace period).
+DRAIN_SECONDS = 20
+ENGINE_LOAD_TIMEOUT = 20 * MINUTES
+BUILD_TIMEOUT = 2 * 60 * MINUTES
+
+VOLUME_NAME = "whisperwire"
+VOLUME_PATH = PurePosixPath("/whisperwire")
+TOKEN_SECRET = "whisperwire-token"
+
+# The TensorRT-LLM 1.2.x stack is CUDA 13: torch 2.9.1 built for CUDA 13.0 (PyTorch's cu130
+# index; PyPI's torch is CUDA 12.8) and the tensorrt-llm wheel from NVIDIA's index (PyPI only
+# has a stub that redirects there).
+CUDA_IMAGE = "nvidia/cuda:13.1.0-devel-ubuntu24.04"
+PYTHON_VERSION = "3.12"
+TENSORRT_LLM_VERSION = "1.2.1"
+TORCH_VERSION = "2.9.1"
+TORCH_INDEX_URL = "https://download.pytorch.org/whl/cu130"
+NVIDIA_INDEX_URL = "https://pypi.nvidia.com"
+
+PROJECT_DIR = Path(__file__).resolve().parent
+PROJECT_IN_IMAGE = "/opt/whisperwire"
+NOT_SHIPPED = [".git", ".venv", "node_modules", "**/__pycache__", ".*_cache", ".hypothesis"]
+
+# jfk.flac from openai/whisper's tests, for the smoke test when no local copy is given.
+JFK_URL = "https://raw.githubusercontent.com/openai/whisper/v20250625/tests/jfk.flac"
+JFK_SHA256 = "63a4b1e4c1dc655ac70961ffbf518acd249df237e5a0152faae9a4a836949715"
+SHARED_AUDIO_DIR = PROJECT_DIR.parent / "shared" / "audio"
+
+# ## The container image
+#
+# NVIDIA's CUDA 13 devel image with a standalone Python 3.12, OpenMPI (TensorRT-LLM's runtime
+# imports mpi4py; containers run as root, which OpenMPI refuses unless told otherwise), torch
+# and TensorRT-LLM, then this project. The project comes last, so code changes rebuild only
+# that layer.
+
+image = (
+    modal.Image.from_registry(CUDA_IMAGE, add_python=PYTHON_VERSION)
+    .entrypoint([])  # silence the base image's banner
+    .apt_install("openmpi-bin", "libopenmpi-dev", "git", "wget")
+    .env({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
+    .pip_install(f"torch=={TORCH_VERSION}", index_url=TORCH_INDEX_URL)
+    .pip_install(f"tensorrt-llm=={TENSORRT_LLM_VERSION}", extra_index_url=NVIDIA_INDEX_URL)
+    .add_local_dir(PROJECT_DIR, PROJECT_IN_IMAGE, copy=True, ignore=NOT_SHIPPED)
+    .run_commands(f"python -m pip install '{PROJECT_IN_IMAGE}[builder]'")
+)
+
+# The serving code needs CUDA and TensorRT-LLM only inside the container; locally (for
+# `modal run`/`modal deploy`, and the tests) these imports are plain Python.
+with image.imports():  # type: ignore[no-untyped-call]
+    from engine_builder import detect_gpu_name, installed_trtllm_version
+    from whisperwire.server import deploy
+    from whisperwire.server.app import load_engine
+
+# ## Storage, secrets, the app
+
+# One Volume holds the OpenAI checkpoints and every engine build (engines, tokenizer assets
+# and manifest per build key).
+volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+# The tunnel is public: every call must carry this token (`WHISPERWIRE_TOKEN`).
+token_secret = modal.Secret.from_name(TOKEN_SECRET, required_keys=["WHISPERWIRE_TOKEN"])
+
+app = modal.App(APP_NAME)
+
+# ## Building engines
+#
+# TensorRT engines only run on the GPU type and TensorRT-LLM version that built them, so they
+# are built by a function on the serving GPU, into the Volume. engine_builder names each build
+# by a key covering the model, precision, TensorRT-LLM version, GPU and options; a key that is
+# already on the Volume is not built again.
+
+
+@app.function(
+    image=image,
+    gpu=GPU,
+    volumes={VOLUME_PATH: volume},
+    env=SETTINGS_ENV,
+    timeout=BUILD_TIMEOUT,
+    cpu=8,
+    memory=32 * 1024,
+)
+def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU) -> dict[str, Any]:
+    root = Path(VOLUME_PATH)
+    result = deploy.build_into_volume(root, model, precision, gpu=gpu, commit=volume.commit)
+    status = "built" if result.built else "already built"
+    print(f"{status}: {result.engine_dir}")
+    return {"engine_dir": str(result.engine_dir), "built": result.built}
+
+
+def serving_settings() -> Any:
+    """Settings for this container: the newest matching engine build on the Volume."""
+    engine_dir = deploy.find_engine_dir(
+        Path(VOLUME_PATH, deploy.ENGINES_DIR),
+        MODEL,
+        PRECISION,
+        trtllm_version=installed_trtllm_version() or TENSORRT_LLM_VERSION,
+        gpu_name=detect_gpu_name(),
+    )
+    return deploy.container_settings(engine_dir, port=GRPC_PORT, grace=DRAIN_SECONDS)
+
+
+# ## Serving through a tunnel
+#
+# Each container loads the engine, starts the gRPC server on its own thread and event loop
+# (Modal's loop only runs while an input executes), opens the tunnel, and registers. Modal keeps
+# `REPLICAS` containers up (`min_containers`); tunnel traffic is not a Modal input, so this is
+# what keeps them alive, and what replaces one that dies or is preempted (its replacement
+# registers a new address). The one method, `endpoint`, answers which address this container
+# has; `modal run` entrypoints use it to start a server and wait until it is ready.
+
+
+@app.cls(
+    image=image,
+    gpu=GPU,
+    volumes={VOLUME_PATH: volume},
+    secrets=[token_secret],
+    env=SETTINGS_ENV,
+    min_containers=REPLICAS,
+    max_containers=REPLICAS,
+    startup_timeout=ENGINE_LOAD_TIMEOUT,
+    timeout=5 * MINUTES,
+)
+class TunnelServer:
+    @modal.enter()
+    def start(self) -> None:
+        settings = serving_settings()
+        engine, tokenizer = load_engine(settings)
+        self.service = deploy.serve_behind_tunnel(
+            settings,
+            engine,
+            tokenizer,
+            forward=modal.forward,
+            registry=modal.Dict.from_name(REGISTRY, create_if_missing=True),
+            key=os.environ.get("MODAL_TASK_ID") or f"local-{os.getpid()}",
+        )
+        # Modal stops containers with an interrupt (which runs `stop` below); a SIGTERM drains
+        # the same way.
+        deploy.drain_on_sigterm(self.service.stop)
+
+    @modal.method()
+    def endpoint(self) -> dict[str, Any]:
+        return self.service.endpoint.to_entry()
+
+    @modal.exit()
+    def stop(self) -> None:
+        self.service.stop()
+
+
+# ## Scaling out behind one URL (unverified)
+#
+# `@app.server` gives a stable URL (`https://<workspace>--whisperwire-grpcserver.<region>.
+# modal.direct`, printed by `modal deploy`) that load-balances over containers and scales them
+# with the number of concurrent requests. With `h2_enabled=True` Modal's proxy forwards HTTP/2
+# to the container as cleartext h2c, which is what a gRPC server listening on a plain port
+# accepts, and its TLS endpoint advertises h2 as gRPC clients require. Nobody has run gRPC
+# through it yet: try `whisperwire --target <host>:443 --tls ...` before relying on it. The
+# proxy's own authentication (Modal-Key/Modal-Secret headers) is off; the bearer token is not.
+
+
+@app.server(
+    image=image,
+    gpu=GPU,
+    volumes={VOLUME_PATH: volume},
+    secrets=[token_secret],
+    env=SETTINGS_ENV,
+    port=GRPC_PORT,
+    h2_enabled=True,
+    unauthenticated=True,
+    startup_timeout=ENGINE_LOAD_TIMEOUT,
+    exit_grace_period=DRAIN_SECONDS + 10,
+    target_concurrency=16,
+    min_containers=0,
+    max_containers=4,
+)
+class GrpcServer:
+    @modal.enter()
+    def start(self) -> None:
+        settings = serving_settings()
+        deploy.require_token(settings)
+        engine, tokenizer = load_engine(settings)
+        self.server = deploy.BackgroundServer(settings, engine, tokenizer)
+        self.server.start()
+
+    @modal.exit()
+    def stop(self) -> None:
+        self.server.stop(DRAIN_SECONDS)
+
+
+# ## Smoke test: `modal run whisperwire_modal.py::smoke`
+#
+# Builds tiny.en engines if they are missing, starts a tiny.en tunnel server (its own registry,
+# so clients of the deployed app never see it), finds it through the registry as any client
+# would, and transcribes jfk.flac through the tunnel with the SDK. Needs the token locally in
+# `WHISPERWIRE_TOKEN`.
+
+
+@app.local_entrypoint()
+def smoke(audio: str = "") -> None:
+    token = local_token()
+    clip = Path(audio) if audio else jfk_clip(Path.home() / ".cache" / "whisperwire")
+    print("engines:", build_engines.remote(SMOKE_MODEL, "float16", GPU))
+    started = time.perf_counter()
+    endpoint = server_variant(SMOKE_MODEL, SMOKE_APP)().endpoint.remote()
+    print(f"server up in {time.perf_counter() - started:.1f} s: {endpoint}")
+    target = resolve_target(SMOKE_APP)
+    print(asyncio.run(transcribe_once(target, token, clip)).describe())
+
+
+def server_variant(model: str, registry_app: str) -> Any:
+    """TunnelServer serving `model`, registering in `registry_app`'s Dict."""
+    env: dict[str, str | None] = {
+        **SETTINGS_ENV,
+        "WHISPERWIRE_MODAL_MODEL": model,
+        "WHISPERWIRE_MODAL_REGISTRY": registry_name(registry_app),
+    }
+    # with_options replaces the secrets, so the token Secret is passed again.
+    return cast(modal.Cls, TunnelServer).with_options(secrets=[token_secret], env=env)
+
+
+def local_token() -> str:
+    token = os.environ.get("WHISPERWIRE_TOKEN", "")
+    if not token:
+        raise SystemExit(
+            "set WHISPERWIRE_TOKEN to the token stored in the whisperwire-token Modal Secret"
+        )
+    return token
+
+
+def jfk_clip(cache_dir: Path) -> Path:
+    """The shared jfk.flac beside the checkout, else a verified download of openai/whisper's."""
+    shared = SHARED_AUDIO_DIR / "jfk.flac"
+    if shared.is_file():
+        return shared
+    from engine_builder import download_file
+
+    return download_file(JFK_URL, cache_dir / "jfk.flac", sha256=JFK_SHA256)
+
+
+@dataclasses.dataclass(frozen=True)
+class SmokeReport:
+    target: str
+    text: str
+    model: str
+    audio_seconds: float
+    round_trip_seconds: float
+    server_timings: dict[str, float]
+
+    def describe(self) -> str:
+        timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.server_timings.items())
+        return (
+            f"{self.target} ({self.model}): {self.text!r}\n"
+            f"{self.audio_seconds:.1f} s of audio in {self.round_trip_seconds * 1000:.0f} ms "
+            f"round trip; server: {timings}"
+        )
+
+
+async def transcribe_once(target: str, token: str, audio: Path) -> SmokeReport:
+    """One Transcribe call with server-side timings, through a plaintext channel."""
+    from whisperwire.client.aio import AsyncClient
+    from whisperwire.client.options import RecognitionOptions
+
+    options = RecognitionOptions(language="en", include_timings=True)
+    async with AsyncClient(target, token=token, timeout=5 * MINUTES) as client:
+        started = time.perf_counter()
+        transcript = await client.transcribe(audio, options)
+        round_trip = time.perf_counter() - started
+    timings = transcript.timings
+    return SmokeReport(
+        target=target,
+        text=transcript.text.strip(),
+        model=transcript.model,
+        audio_seconds=transcript.duration,
+        round_trip_seconds=round_trip,
+        server_timings={} if timings is None else dataclasses.asdict(timings),
+    )
+
+
+# ## Benchmark: `modal run whisperwire_modal.py::benchmark`
+#
+# Starts a tunnel server of `--model` (building engines if needed), then, from this machine and
+# at each concurrency level: unary Transcribe calls back to back (RTFx = seconds of audio
+# transcribed per second of wall time, latency per call), and push-to-talk streams that send
+# their clip in real time and release the key (latency = release to final). The numbers
+# include the path from here to Modal's relay. Clips: the LibriSpeech-length files in
+# `--audio-dir` (default: the shared clips beside the checkout, else jfk.flac).
+
+
+@app.local_entrypoint()
+def benchmark(
+    model: str = MODEL, concurrency: str = "1,4,16", rounds: int = 3, audio_dir: str = ""
+) -> None:
+    token = local_token()
+    clips = load_clips(benchmark_files(Path(audio_dir) if audio_dir else SHARED_AUDIO_DIR))
+    print("engines:", build_engines.remote(model, PRECISION, GPU))
+    endpoint = server_variant(model, BENCHMARK_APP)().endpoint.remote()
+    print(f"server: {endpoint}")
+    levels = [int(level) for level in concurrency.split(",")]
+    rows = asyncio.run(run_benchmark(resolve_target(BENCHMARK_APP), token, clips, levels, rounds))
+    print(format_table(rows))
+
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
+CHUNK_SECONDS = 0.1
+
+
+def benchmark_files(audio_dir: Path) -> list[Path]:
+    files = sorted(p for p in audio_dir.glob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    return files or [jfk_clip(Path.home() / ".cache" / "whisperwire")]
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchClip:
+    name: str
+    data: bytes
+    """The file as sent to Transcribe."""
+    pcm: bytes
+    """16 kHz mono s16le, as a push-to-talk client streams it."""
+    seconds: float
+
+
+def load_clips(paths: list[Path]) -> list[BenchClip]:
+    import numpy as np
+
+    from whisperwire.server.audio import decode_audio
+
+    clips = []
+    for path in paths:
+        data = path.read_bytes()
+        samples = decode_audio(data)
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        clips.append(BenchClip(path.name, data, pcm, len(samples) / 16000))
+    return clips
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRow:
+    concurrency: int
+    requests: int
+    rtfx: float
+    unary_p50: float
+    unary_p95: float
+    streams: int
+    ptt_p50: float
+    ptt_p95: float
+
+
+async def run_benchmark(
+    target: str,
+    token: str,
+    clips: list[BenchClip],
+    concurrencies: list[int],
+    rounds: int,
+    *,
+    pace: float = 1.0,
+) -> list[BenchRow]:
+    """One row per concurrency level. `pace` 1.0 streams audio in real time; 0 as fast as it can."""
+    rows = []
+    for level in concurrencies:
+        audio_seconds, wall, unary = await _unary_level(target, token, clips, level, rounds)
+        ptt = await _push_to_talk_level(target, token, clips, level, rounds, pace)
+        rows.append(
+            BenchRow(
+                concurrency=level,
+                requests=len(unary),
+                rtfx=audio_seconds / wall,
+                unary_p50=statistics.median(unary),
+                unary_p95=_p95(unary),
+                streams=len(ptt),
+                ptt_p50=statistics.median(ptt),
+                ptt_p95=_p95(ptt),
+            )
+        )
+    return rows
+
+
+async def _unary_level(
+    target: str, token: str, clips: list[BenchClip], level: int, rounds: int
+) -> tuple[float, float, list[float]]:
+    from whisperwire.client.aio import AsyncClient
+    from whisperwire.client.options import RecognitionOptions
+
+    options = RecognitionOptions(language="en")
+
+    async def worker(index: int) -> list[tuple[float, float]]:
+        done = []
+        async with AsyncClient(target, token=token) as client:
+            await client.health()  # connect before timing
+            for round_ in range(rounds):
+                clip = clips[(index + round_) % len(clips)]
+                started = time.perf_counter()
+                await client.transcribe(clip.data, options)
+                done.append((clip.seconds, time.perf_counter() - started))
+        return done
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(worker(i) for i in range(level)))
+    wall = time.perf_counter() - started
+    calls = [call for worker_calls in results for call in worker_calls]
+    return sum(seconds for seconds, _ in calls), wall, [latency for _, latency in calls]
+
+
+async def _push_to_talk_level(
+    target: str, token: str, clips: list[BenchClip], level: int, rounds: int, pace: float
+) -> list[float]:
+    from whisperwire.client.aio import AsyncClient
+    from whisperwire.client.options import RecognitionOptions, StreamOptions
+    from whisperwire.client.results import Final
+
+    options = StreamOptions(recognition=RecognitionOptions(language="en"))
+    chunk_bytes = int(16000 * CHUNK_SECONDS) * 2
+
+    async def utterance(client: AsyncClient, clip: BenchClip) -> float:
+        async with await client.stream(options) as stream:
+            for start in range(0, len(clip.pcm), chunk_bytes):
+                await stream.push(clip.pcm[start : start + chunk_bytes])
+                if pace > 0:
+                    await asyncio.sleep(CHUNK_SECONDS / pace)
+            released = time.perf_counter()
+            await stream.end_utterance()
+            async for event in stream:
+                if isinstance(event, Final):
+                    return time.perf_counter() - released
+        raise RuntimeError("the stream ended without a final")
+
+    async def worker(index: int) -> list[float]:
+        async with AsyncClient(target, token=token) as client:
+            await client.health()
+            return [
+                await utterance(client, clips[(index + round_) % len(clips)])
+                for round_ in range(rounds)
+            ]
+
+    results = await asyncio.gather(*(worker(i) for i in range(level)))
+    return [latency for worker_latencies in results for latency in worker_latencies]
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    header = (
+        "concurrency", "calls", "RTFx", "unary p50 ms", "unary p95 ms",
+        "streams", "PTT p50 ms", "PTT p95 ms",
+    )  # fmt: skip
+    lines = [header] + [
+        (
+            str(row.concurrency),
+            str(row.requests),
+            f"{row.rtfx:.1f}",
+            f"{row.unary_p50 * 1000:.0f}",
+            f"{row.unary_p95 * 1000:.0f}",
+            str(row.streams),
+            f"{row.ptt_p50 * 1000:.0f}",
+            f"{row.ptt_p95 * 1000:.0f}",
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(_row(line, widths) for line in lines)
+
+
+def _row(cells: tuple[str, ...], widths: list[int]) -> str:
+    return "  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True))
