@@ -28,7 +28,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("metrics-port", int, "serve Prometheus /metrics on this HTTP port"),
     ("token", str, "require 'authorization: Bearer TOKEN' on every call"),
     ("max-batch-size", int, "most windows per engine call (default 8)"),
-    ("batch-wait-ms", float, "wait this long for a batch to fill (default 5)"),
+    ("batch-wait-ms", float, "when idle, wait this long for a batch to fill (default 0)"),
     ("max-queue", int, "queued windows before RESOURCE_EXHAUSTED (default 512)"),
     ("max-streams", int, "concurrent StreamAudio calls (default 256)"),
     ("max-stream-seconds", float, "longest stream, wall clock (default 3600)"),

@@ -35,8 +35,9 @@ class ServerSettings(BaseSettings):
     """Engine threads (CTranslate2 intra_threads); 0 = one per core."""
 
     max_batch_size: int = Field(8, ge=1, le=256)
-    batch_wait_ms: float = Field(5.0, ge=0)
-    """How long the scheduler waits for more work before running a partial batch."""
+    batch_wait_ms: float = Field(0.0, ge=0)
+    """Extra wait for a batch to fill when the engine is idle. Work that arrives while the
+    engine is busy is batched anyway, so the default adds no latency."""
     max_queue: int = Field(512, ge=1)
     """Queued engine work items beyond which calls get RESOURCE_EXHAUSTED."""
 

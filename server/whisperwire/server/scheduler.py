@@ -52,7 +52,7 @@ class BatchScheduler:
         engine: Engine,
         *,
         max_batch_size: int | None = None,
-        max_wait: float = 0.005,
+        max_wait: float = 0.0,
         max_queue: int = 512,
         metrics: Metrics | None = None,
     ) -> None:
