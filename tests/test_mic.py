@@ -57,20 +57,26 @@ def _pactl(runtime: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def microphone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedMicrophone]:
     if shutil.which("pulseaudio") is None:
-        pytest.skip("pulseaudio is not installed (apt-get install pulseaudio pulseaudio-utils "
-                    "libportaudio2 libasound2-plugins)")
+        pytest.skip(
+            "pulseaudio is not installed (apt-get install pulseaudio pulseaudio-utils "
+            "libportaudio2 libasound2-plugins)"
+        )
     runtime = tmp_path_factory.mktemp("pulse")
     fifo = runtime / "mic.fifo"  # created by module-pipe-source
     subprocess.run(
         [
-            "pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n",
+            "pulseaudio",
+            "--daemonize=yes",
+            "--exit-idle-time=-1",
+            "-n",
             "--load=module-native-protocol-unix",
             f"--load=module-pipe-source source_name=virtmic file={fifo} "
             "format=s16le rate=16000 channels=1",
             "--load=module-null-sink sink_name=nul",
         ],
         env=os.environ | {"PULSE_RUNTIME_PATH": str(runtime)},
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     try:
         _wait_for_source(runtime)
@@ -125,7 +131,9 @@ class MicSession:
 async def start_mic(*args: str, env: dict[str, str]) -> MicSession:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("WHISPERWIRE_")}
     process = await asyncio.create_subprocess_exec(
-        WHISPERWIRE, "mic", *args,
+        WHISPERWIRE,
+        "mic",
+        *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
