@@ -291,6 +291,11 @@ def drain_on_sigterm(stop: Callable[[], None]) -> None:
     the main thread (e.g. a sync `@modal.enter`).
     """
 
+    if threading.current_thread() is not threading.main_thread():
+        # Only the main thread may set signal handlers; the exit hook still drains.
+        log.warning("not on the main thread: SIGTERM will not drain")
+        return
+
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         # A signal handler must return promptly; the drain takes up to the grace period.
         drain = threading.Thread(target=_stop_then_interrupt, args=(stop,), name="drain")
