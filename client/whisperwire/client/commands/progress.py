@@ -32,8 +32,7 @@ class ProgressBar:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        self.out.write("\r\033[K")
-        self.out.flush()
+        self.clear()
 
     def begin(self, name: str) -> None:
         self.current = name
@@ -43,6 +42,10 @@ class ProgressBar:
         self.files_done += 1
         self.seconds_done += seconds or 0.0
         self.draw()
+
+    def clear(self) -> None:
+        self.out.write("\r\033[K")
+        self.out.flush()
 
     def draw(self) -> None:
         self.out.write("\r\033[K" + self.line())

@@ -68,28 +68,40 @@ async def transcribe_all(args: argparse.Namespace) -> int:
         for path in args.files:
             if bar:
                 bar.begin(path.name)
-            status = max(status, await _one(client, path, options, args))
+            outcome = await _transcribe(client, path, options)
+            if bar:
+                bar.clear()  # results and the bar share the terminal
+            status = max(status, _report(path, outcome, args))
             if bar:
                 bar.done(durations[path])
     return status
 
 
-async def _one(
-    client: AsyncClient, path: Path, options: RecognitionOptions, args: argparse.Namespace
-) -> int:
-    """Transcribe and print one file. A bad file is reported and skipped; a failing server
-    (unreachable, wrong token) ends the whole command."""
+async def _transcribe(
+    client: AsyncClient, path: Path, options: RecognitionOptions
+) -> Transcript | OSError | ServiceError:
+    """The transcript, or what went wrong with this file. A failing server (unreachable,
+    wrong token) raises: it ends the whole command."""
     try:
-        transcript = await client.transcribe(path, options, request_id=path.name)
+        return await client.transcribe(path, options, request_id=path.name)
     except OSError as error:
-        common.fail("whisperwire transcribe", f"{path}: {error.strerror or error}")
-        return common.EXIT_LOCAL
+        return error
     except ServiceError as error:
         if not _about_this_file(error):
             raise
-        common.fail("whisperwire transcribe", f"{path}: {common.explain(error, args.server)}")
+        return error
+
+
+def _report(
+    path: Path, outcome: Transcript | OSError | ServiceError, args: argparse.Namespace
+) -> int:
+    if isinstance(outcome, OSError):
+        common.fail("whisperwire transcribe", f"{path}: {outcome.strerror or outcome}")
+        return common.EXIT_LOCAL
+    if isinstance(outcome, ServiceError):
+        common.fail("whisperwire transcribe", f"{path}: {common.explain(outcome, args.server)}")
         return common.EXIT_SERVICE
-    _output(path, transcript, args)
+    _output(path, outcome, args)
     return common.EXIT_OK
 
 
