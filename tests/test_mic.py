@@ -23,6 +23,10 @@ import numpy as np
 import pytest
 
 from tests.speech import HESTER, NIGHTFALL, load_pcm16k, to_s16le, wer, white_noise
+from whisperwire.server.app import start_server
+from whisperwire.server.config import ServerSettings
+from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
+from whisperwire.server.tokenizer import WhisperTokenizer
 
 pytestmark = pytest.mark.mic
 WHISPERWIRE = str(Path(sys.executable).with_name("whisperwire"))
@@ -196,3 +200,46 @@ async def test_no_input_device_is_a_clear_message_and_exit_2(
     message = err.decode()
     assert "no audio input device" in message or "PortAudio" in message
     assert "Traceback" not in message
+
+
+async def test_a_server_restart_between_utterances_reconnects(
+    microphone: EmulatedMicrophone, tiny_engine: tuple[CTranslate2Engine, WhisperTokenizer]
+) -> None:
+    engine, tokenizer = tiny_engine
+    server = await start_server(ServerSettings(port=0), engine, tokenizer, warm_up=False)
+    target = f"127.0.0.1:{server.port}"
+    mic = await start_mic("--server", target, "--format", "json", env=microphone.env)
+    try:
+        await mic.note_containing("ready:")
+        texts = []
+        for restart in (False, True):
+            if restart:
+                await server.drain_and_stop(grace=5.0)
+                await mic.note_containing("connection lost")
+                server = await start_server(
+                    ServerSettings(port=server.port), engine, tokenizer, warm_up=False
+                )
+            await mic.key()
+            await mic.note_containing("recording")
+            await asyncio.to_thread(microphone.play, spoken(HESTER, seed=7))
+            await mic.key()
+            texts.append(str((await mic.result())["text"]))
+        await mic.key("q")
+        assert await asyncio.wait_for(mic.process.wait(), 60) == 0
+    finally:
+        await server.drain_and_stop(grace=1.0)
+
+    assert any("reconnected" in line for line in mic.notes)
+    assert not any("Traceback" in line for line in mic.notes)
+    for text in texts:
+        assert wer(HESTER.reference, text) <= 0.15, text
+
+
+async def test_an_unreachable_server_is_a_clear_message_and_exit_1(
+    microphone: EmulatedMicrophone,
+) -> None:
+    mic = await start_mic("--server", "127.0.0.1:1", env=microphone.env)
+    _, err = await mic.process.communicate(b"")
+    assert mic.process.returncode == 1
+    assert "cannot reach the server at 127.0.0.1:1" in err.decode()
+    assert "Traceback" not in err.decode()
