@@ -88,7 +88,10 @@ NVIDIA_INDEX_URL = "https://pypi.nvidia.com"
 
 PROJECT_DIR = Path(__file__).resolve().parent
 PROJECT_IN_IMAGE = "/opt/whisperwire"
-NOT_SHIPPED = [".git", ".venv", "node_modules", "**/__pycache__", ".*_cache", ".hypothesis"]
+NOT_SHIPPED = [
+    ".git", ".venv", "node_modules", "**/__pycache__", ".*_cache", ".hypothesis",
+    "*.egg-info", "benchmarks/results",
+]  # fmt: skip
 
 # jfk.flac from openai/whisper's tests, for the smoke test when no local copy is given.
 JFK_URL = "https://raw.githubusercontent.com/openai/whisper/v20250625/tests/jfk.flac"
@@ -119,6 +122,7 @@ with image.imports():  # type: ignore[no-untyped-call]
     from engine_builder import detect_gpu_name, installed_trtllm_version
     from whisperwire.server import deploy
     from whisperwire.server.app import load_engine
+    from whisperwire.server.config import ServerSettings
 
 # ## Storage, secrets, the app
 
@@ -155,7 +159,7 @@ def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU
     return {"engine_dir": str(result.engine_dir), "built": result.built}
 
 
-def serving_settings() -> Any:
+def serving_settings() -> ServerSettings:
     """Settings for this container: the newest matching engine build on the Volume."""
     engine_dir = deploy.find_engine_dir(
         Path(VOLUME_PATH, deploy.ENGINES_DIR),
@@ -219,10 +223,11 @@ class TunnelServer:
 # `@app.server` gives a stable URL (`https://<workspace>--whisperwire-grpcserver.<region>.
 # modal.direct`, printed by `modal deploy`) that load-balances over containers and scales them
 # with the number of concurrent requests. With `h2_enabled=True` Modal's proxy forwards HTTP/2
-# to the container as cleartext h2c, which is what a gRPC server listening on a plain port
-# accepts, and its TLS endpoint advertises h2 as gRPC clients require. Nobody has run gRPC
-# through it yet: try `whisperwire --target <host>:443 --tls ...` before relying on it. The
-# proxy's own authentication (Modal-Key/Modal-Secret headers) is off; the bearer token is not.
+# to the container as cleartext h2c (so says `modal server deploy --help`), which is what a
+# gRPC server listening on a plain port accepts. Nobody has run gRPC through it yet (does the
+# proxy offer h2 to TLS clients, as gRPC requires? does it cap long streams?): try
+# `whisperwire transcribe --server <host>:443 --tls ...` before relying on it. The proxy's own
+# authentication (Modal-Key/Modal-Secret headers) is off; the bearer token is not.
 
 
 @app.server(
