@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 APP_FILE = REPO / "whisperwire_modal.py"
 FAKE_TRTLLM_BUILD = REPO / "tests" / "engine_builder" / "fake_trtllm_build.py"
 TOKEN = "modal-app-test-token"
+# `.local()` warns that the Volume is not mounted: here a temporary directory stands in for it.
+pytestmark = pytest.mark.filterwarnings("ignore:.*executing locally.*:UserWarning")
 
 # --- importing -------------------------------------------------------------------------------
 

@@ -91,17 +91,11 @@ class BackgroundServer:
     """`start_server` on a dedicated thread and event loop; `start` returns once it serves."""
 
     def __init__(
-        self,
-        settings: ServerSettings,
-        engine: Engine,
-        tokenizer: WhisperTokenizer,
-        *,
-        warm_up: bool = True,
+        self, settings: ServerSettings, engine: Engine, tokenizer: WhisperTokenizer
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._tokenizer = tokenizer
-        self._warm_up = warm_up
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="whisperwire-grpc", daemon=True)
         self._running: RunningServer | None = None
@@ -115,9 +109,8 @@ class BackgroundServer:
     def start(self) -> RunningServer:
         self._thread.start()
         try:
-            self._running = self._call(
-                start_server(self._settings, self._engine, self._tokenizer, warm_up=self._warm_up)
-            )
+            # Includes the warm-up decode: it returns once the server answers SERVING.
+            self._running = self._call(start_server(self._settings, self._engine, self._tokenizer))
         except BaseException:
             self._stop_loop()
             raise
@@ -288,15 +281,19 @@ def drain_on_sigterm(stop: Callable[[], None]) -> None:
 
     The interrupt (SIGINT) is how Modal's runtime stops a container itself, so after the drain
     it unwinds the usual way and runs the exit hooks (whose `stop` is then a no-op). Call from
-    the main thread (e.g. a sync `@modal.enter`).
+    the main thread (e.g. a sync `@modal.enter`). Repeated SIGTERMs do not restart the drain.
     """
-
     if threading.current_thread() is not threading.main_thread():
         # Only the main thread may set signal handlers; the exit hook still drains.
         log.warning("not on the main thread: SIGTERM will not drain")
         return
+    draining = threading.Event()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if draining.is_set():
+            return
+        draining.set()
+        log.info("SIGTERM: draining")
         # A signal handler must return promptly; the drain takes up to the grace period.
         drain = threading.Thread(target=_stop_then_interrupt, args=(stop,), name="drain")
         drain.start()
