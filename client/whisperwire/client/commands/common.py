@@ -28,6 +28,7 @@ from whisperwire.client.errors import (
     WhisperwireClientError,
 )
 from whisperwire.client.mic import MicrophoneError
+from whisperwire.client.modal_discovery import resolve_target
 from whisperwire.client.options import RecognitionOptions
 
 EXIT_OK, EXIT_SERVICE, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -50,6 +51,17 @@ def connection_parser() -> argparse.ArgumentParser:
         "--token",
         default=os.environ.get("WHISPERWIRE_TOKEN"),
         help="bearer token the server requires (env WHISPERWIRE_TOKEN)",
+    )
+    group.add_argument(
+        "--modal-app",
+        default=os.environ.get("WHISPERWIRE_MODAL_APP"),
+        help="connect to a live server of this deployed Modal app instead of --server "
+        "(env WHISPERWIRE_MODAL_APP; needs Modal credentials)",
+    )
+    group.add_argument(
+        "--modal-environment",
+        default=os.environ.get("MODAL_ENVIRONMENT"),
+        help="Modal environment of --modal-app (default: your profile's)",
     )
     group.add_argument("--tls", action="store_true", help="connect with TLS (default plaintext)")
     group.add_argument("--ca-cert", type=Path, help="PEM root certificates for --tls")
@@ -109,6 +121,8 @@ def run(args: argparse.Namespace, command: Callable[[], Coroutine[Any, Any, int]
     _configure_logging(args.verbose)
     name = f"whisperwire {args.command}"
     try:
+        if getattr(args, "modal_app", None):
+            args.server = resolve_target(args.modal_app, environment=args.modal_environment)
         return asyncio.run(command())
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
