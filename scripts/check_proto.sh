@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI check for the API: buf lint, buf format, and drift between proto/ and the committed stubs.
 #
-# Needs buf from npm (`npm ci` at the repo root installs node_modules/.bin/buf, pinned in
+# Needs buf from npm (`npm install --no-package-lock` at the repo root installs node_modules/.bin/buf, pinned in
 # package.json) and grpcio-tools at the version pinned in scripts/gen_proto.sh.
 # Environment: BUF (default: node_modules/.bin/buf, else buf on PATH), PYTHON (see gen_proto.sh).
 set -euo pipefail
@@ -13,7 +13,7 @@ if [[ -z "${BUF:-}" ]]; then
   if [[ -x node_modules/.bin/buf ]]; then BUF=node_modules/.bin/buf
   elif command -v buf >/dev/null 2>&1; then BUF=buf
   else
-    echo "check_proto: buf not found; run 'npm ci' at the repo root." >&2
+    echo "check_proto: buf not found; run 'npm install --no-package-lock' at the repo root." >&2
     exit 2
   fi
 fi
