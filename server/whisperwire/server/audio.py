@@ -90,9 +90,16 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> Samples:
     return samples
 
 
+# Demuxers that follow references (an ffconcat script's `file x.wav`, playlists) open them
+# through a protocol; allowing none keeps a request's bytes from reading the server's files.
+_NO_PROTOCOLS = {"protocol_whitelist": "none"}
+
+
 def _open_container(data: bytes) -> av.container.InputContainer:
     try:
-        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        return av.open(
+            io.BytesIO(data), mode="r", metadata_errors="ignore", container_options=_NO_PROTOCOLS
+        )
     except (av.FFmpegError, UnicodeDecodeError) as error:
         raise AudioDecodeError(
             f"cannot read the audio container (not a supported audio format?): {_reason(error)}",

@@ -215,23 +215,22 @@ class StreamCall:
         self.session: StreamSession | None = None
         self._end_error: WhisperwireError | None = None
         self._last_message = time.monotonic()
+        self._input_ended = False  # half-closed: waiting on the server is not being idle
         self._next_sequence: int | None = None
 
     async def run(
         self, requests: AsyncIterator[pb.StreamAudioRequest]
     ) -> AsyncIterator[pb.StreamAudioResponse]:
-        self.state.check_serving()
-        if len(self.state.streams) >= self.settings.max_streams:
-            raise BusyError(
-                f"the limit of {self.settings.max_streams} open streams is reached",
-                retry_after=5.0,
-            )
+        self._check_admission()
         iterator = aiter(requests)
         first = await anext(iterator, None)
         if first is None:
             return  # the client half-closed before sending anything
         config = self._configure(first)
         include_timings = config.recognition.include_timings
+        # Again, with no await before the add: streams that opened (or a drain that began)
+        # while this one waited for its config count too.
+        self._check_admission()
         self.state.streams.add(self)
         self.metrics.active_streams.inc()
         reader = asyncio.create_task(self._read(iterator))
@@ -252,6 +251,14 @@ class StreamCall:
                 await self.session.abort()
             self.state.streams.discard(self)
             self.metrics.active_streams.dec()
+
+    def _check_admission(self) -> None:
+        self.state.check_serving()
+        if len(self.state.streams) >= self.settings.max_streams:
+            raise BusyError(
+                f"the limit of {self.settings.max_streams} open streams is reached",
+                retry_after=5.0,
+            )
 
     def finish(self, error: WhisperwireError, reason: EndReason) -> None:
         """End gracefully: flush the open utterance's final, then fail the call with `error`."""
@@ -297,6 +304,7 @@ class StreamCall:
                 if session.closed:
                     break
                 self._handle(session, request)
+            self._input_ended = True
             session.close(EndReason.STREAM_CLOSED)
         except WhisperwireError as error:
             await self._fail(session, error)
@@ -357,7 +365,9 @@ class StreamCall:
                     EndReason.MAX_DURATION,
                 )
                 return
-            if idle_left <= 0:
+            if self._input_ended:
+                idle_left = stream_left
+            elif idle_left <= 0:
                 self.finish(
                     StreamLimitError(
                         f"no message for {s.idle_timeout_seconds:.0f} s", reason="IDLE_TIMEOUT"

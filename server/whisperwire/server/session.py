@@ -184,7 +184,11 @@ class StreamSession:
     async def events(self) -> AsyncIterator[Envelope]:
         """Results in scheduling order; ends after close()."""
         while (work := await self._outbox.get()) is not None:
-            await asyncio.wait([work])
+            try:
+                await asyncio.wait([work])
+            except BaseException:  # the call was cancelled: the work it waits on goes too
+                work.cancel()
+                raise
             if work.cancelled():
                 continue  # a superseded partial
             for envelope in work.result():
