@@ -19,8 +19,8 @@ from whisperwire.server.domain import DecodeOptions, Transcript
 from whisperwire.server.engine import EngineInfo
 from whisperwire.server.errors import (
     BusyError,
+    EmptyAudioError,
     InternalError,
-    InvalidInput,
     ProtocolError,
     StreamLimitError,
     UnavailableError,
@@ -104,7 +104,7 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         started = time.perf_counter()
         encoding, rate, channels = convert.pcm_layout(request.raw)
         if not request.audio_content:
-            raise InvalidInput("audio_content is empty", field="audio_content")
+            raise EmptyAudioError("audio_content is empty", field="audio_content")
         samples = await asyncio.to_thread(
             decode_pcm, request.audio_content, encoding, rate, channels
         )
