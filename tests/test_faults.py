@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import resource
@@ -33,11 +34,16 @@ from tests.grpc_helpers import (
     stub,
 )
 from tests.load.serve_process import ServeProcess
-from tests.speech import HESTER, JFK, NIGHTFALL, load_pcm16k, to_s16le, wer
+from tests.speech import HESTER, JFK, NIGHTFALL, Clip, load_pcm16k, to_s16le, wer
 from tests.test_server_ops import serving
 from whisperwire.client import AsyncClient, RetryPolicy, StreamOptions
 from whisperwire.client.options import RecognitionOptions
-from whisperwire.client.push_to_talk import ConnectionLost, PushToTalkSession, UtteranceResult
+from whisperwire.client.push_to_talk import (
+    ConnectionLost,
+    PushToTalkSession,
+    SessionEvent,
+    UtteranceResult,
+)
 from whisperwire.server.app import RunningServer
 from whisperwire.server.engine import Features, Generation, GenerationParams
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
@@ -110,7 +116,8 @@ def audio_on_server(running: RunningServer) -> float:
     return sum(c.session.audio_received for c in running.state.streams if c.session)
 
 
-def pcm(clip: Any) -> bytes:
+@functools.cache
+def pcm(clip: Clip) -> bytes:
     return to_s16le(load_pcm16k(clip))
 
 
@@ -257,7 +264,8 @@ def _peak_rss() -> int:
 async def test_flood_of_tiny_odd_sized_chunks_is_reassembled(tiny_engine: Tiny) -> None:
     data = pcm(HESTER)
     sizes = [0, 1, 2, 3, 5, 7]  # empty, odd and even: samples straddle chunks
-    chunks, position = [], 0
+    chunks: list[Request] = []
+    position = 0
     while position < len(data):
         size = sizes[len(chunks) % len(sizes)]
         chunks.append(Request(audio=pb.AudioChunk(data=data[position : position + size])))
@@ -332,11 +340,11 @@ async def test_idle_streams_time_out_while_a_talking_one_lives_on(tiny_engine: T
             assert (code, reason) == (grpc.StatusCode.OUT_OF_RANGE, "IDLE_TIMEOUT")
         assert [len(finals(responses)) for responses, _ in results] == [0] * 4 + [1] * 4
         for responses, _ in results[4:]:
-            final = finals(responses)[0].final_result
-            assert final.end_reason == pb.END_REASON_STREAM_CLOSED
-            assert wer(HESTER.reference, final.transcript.text) <= 0.1
-        [final] = finals(talked)
-        assert wer(JFK.reference, final.final_result.transcript.text) <= 0.1
+            flushed = finals(responses)[0].final_result
+            assert flushed.end_reason == pb.END_REASON_STREAM_CLOSED
+            assert wer(HESTER.reference, flushed.transcript.text) <= 0.1
+        [spoken] = finals(talked)
+        assert wer(JFK.reference, spoken.final_result.transcript.text) <= 0.1
         assert await until(lambda: idle(running))
 
 
@@ -519,7 +527,7 @@ async def test_restart_on_the_same_port_and_the_sdk_reconnects(
 
 
 async def _utterance(
-    session: PushToTalkSession, events: AsyncIterator[Any], clip: Any
+    session: PushToTalkSession, events: AsyncIterator[SessionEvent], clip: Clip
 ) -> UtteranceResult:
     await session.press()
     for request in audio_requests(pcm(clip), 3200):

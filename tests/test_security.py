@@ -63,6 +63,35 @@ def test_serve_refuses_all_ipv6_interfaces_without_a_token() -> None:
     assert "needs --token" in result.stderr and "Traceback" not in result.stderr
 
 
+async def test_ipv6_loopback_serves_without_a_token() -> None:
+    server = await asyncio.to_thread(ServeProcess.start, "--host", "::1")
+    try:
+        async with grpc.aio.insecure_channel(f"[::1]:{server.port}") as channel:
+            info = await make_stub(channel).GetServiceInfo(pb.GetServiceInfoRequest())
+    finally:
+        server.terminate()
+        await asyncio.to_thread(server.wait, 60)
+    assert info.model == "tiny.en"
+
+
+async def test_a_second_server_cannot_take_a_port_in_use() -> None:
+    """No silent port sharing (SO_REUSEPORT): it would get half of the first's connections."""
+    first = await asyncio.to_thread(ServeProcess.start)
+    try:
+        second = await asyncio.to_thread(
+            subprocess.run,
+            [WHISPERWIRE, "serve", "--model", "tiny.en", "--port", str(first.port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        first.terminate()
+        await asyncio.to_thread(first.wait, 60)
+    assert second.returncode == 1
+    assert "cannot listen" in second.stderr and "Traceback" not in second.stderr
+
+
 async def test_serving_every_interface_with_a_token_from_the_environment(
     tiny_en_dir: Path,
 ) -> None:

@@ -1,10 +1,13 @@
 """The load client: many StreamAudio calls from one asyncio process, each sending its audio
 in real time (20 ms chunks) with push-to-talk utterances, over a few channels.
 
-Each stream sends chunks for the whole run. Utterance k of a stream is silence followed by
-its phrase; end_utterance follows the phrase, at a moment staggered across streams so the
-releases spread over the run. The silence after the last release is flushed by the
-half-close as an empty final (END_REASON_STREAM_CLOSED, no engine work).
+Each stream sends chunks for the whole run, like an open microphone. Before each phrase the
+silence so far is dropped with cancel_utterance (no final, no engine work); the utterance is
+then 0.5 s of silence, the phrase and 0.3 s of silence, ended by end_utterance at a moment
+staggered across streams so the releases spread over the run. (Uttering the whole silence
+instead gives tiny.en up to 30 s of nothing before two words, and it hallucinates.) The
+silence after the last release is flushed by the half-close as an empty final
+(END_REASON_STREAM_CLOSED, no engine work).
 
 Where an utterance sits on its stream's audio clock (its origin and length, in 20 ms chunks)
 differs for every utterance of a run, and a final reports both (segment offsets and
@@ -24,12 +27,13 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from tests.grpc_helpers import END, stub
+from tests.grpc_helpers import CANCEL, END, stub
 from tests.load.utterances import Phrase, phrase_for
 from whisperwire.v1 import transcription_service_pb2 as pb
 
 CHUNK_BYTES = 640  # 20 ms of 16 kHz s16le mono
 CHUNK_SECONDS = 0.02
+LEAD_CHUNKS = 25  # 0.5 s of silence before the phrase, in the utterance
 TAIL_CHUNKS = 15  # 0.3 s of silence after the phrase, before the release
 SILENCE = pb.StreamAudioRequest(audio=pb.AudioChunk(data=bytes(CHUNK_BYTES)))
 Call = grpc.aio.StreamStreamCall[pb.StreamAudioRequest, pb.StreamAudioResponse]
@@ -42,7 +46,7 @@ class PlannedUtterance:
     utterance_id: int
     phrase: Phrase
     origin_chunk: int
-    """Chunks of the stream before this utterance began."""
+    """Chunks of the stream before this utterance began (cancel_utterance comes there)."""
     release_chunk: int
     """end_utterance is sent after this many chunks of the stream."""
 
@@ -58,13 +62,13 @@ class StreamPlan:
     total_chunks: int
 
     def requests(self) -> Iterator[pb.StreamAudioRequest]:
-        """The stream's requests after the config: audio chunks and end_utterance."""
+        """The stream's requests after the config: chunks, cancel_utterance, end_utterance."""
         sent = 0
         for utterance in self.utterances:
-            speech = _speech_requests(utterance.phrase)
-            for _ in range(utterance.release_chunk - sent - len(speech)):
+            for _ in range(utterance.origin_chunk - sent):
                 yield SILENCE
-            yield from speech
+            yield CANCEL
+            yield from _speech_requests(utterance.phrase)
             yield END
             sent = utterance.release_chunk
         for _ in range(self.total_chunks - sent):
@@ -73,7 +77,8 @@ class StreamPlan:
 
 def plan_streams(streams: int, seconds: float, utterances: int) -> list[StreamPlan]:
     """Stream i's utterance k ends at a phase of period k that grows with i, so the releases
-    spread evenly over the run; streams rotate through the phrases."""
+    spread evenly over the run; streams rotate through the phrases. Each period starts with
+    at least one chunk of silence that is cancelled, so utterance k (from 0) has id 2k + 2."""
     total = round(seconds / CHUNK_SECONDS)
     period = total // utterances
     plans = []
@@ -83,11 +88,10 @@ def plan_streams(streams: int, seconds: float, utterances: int) -> list[StreamPl
         for k in range(utterances):
             spoken = phrase_for(index * utterances + k)
             speech = _speech_chunks(spoken)
-            if speech > period:
+            if speech + 1 > period:
                 raise ValueError(f"{seconds} s cannot hold {utterances} utterances per stream")
-            origin = planned[-1].release_chunk if planned else 0
-            release = k * period + speech + round(phase * (period - speech))
-            planned.append(PlannedUtterance(k + 1, spoken, origin, release))
+            release = k * period + speech + 1 + round(phase * (period - speech - 1))
+            planned.append(PlannedUtterance(2 * k + 2, spoken, release - speech, release))
         plans.append(StreamPlan(index, tuple(planned), total))
     return plans
 
@@ -152,12 +156,12 @@ async def _send(call: Call, plan: StreamPlan, outcome: StreamOutcome) -> None:
     )
     await call.write(pb.StreamAudioRequest(config=config))
     outcome.started_at = start = time.monotonic()
-    next_id = 1
+    releases = iter(plan.utterances)
     for request in plan.requests():
-        if request is END:
+        if request is END or request is CANCEL:
             await call.write(request)
-            outcome.released_at[next_id] = time.monotonic()
-            next_id += 1
+            if request is END:
+                outcome.released_at[next(releases).utterance_id] = time.monotonic()
             continue
         due = start + outcome.chunks_sent * CHUNK_SECONDS
         lag = time.monotonic() - due
@@ -201,12 +205,11 @@ def _seconds(duration: Duration) -> float:
 
 
 def _speech_chunks(phrase: Phrase) -> int:
-    return math.ceil(len(phrase.pcm) / CHUNK_BYTES) + TAIL_CHUNKS
+    return LEAD_CHUNKS + math.ceil(len(phrase.pcm) / CHUNK_BYTES) + TAIL_CHUNKS
 
 
 def _speech_requests(phrase: Phrase) -> list[pb.StreamAudioRequest]:
     pcm = phrase.pcm
     chunks = [pcm[i : i + CHUNK_BYTES] for i in range(0, len(pcm), CHUNK_BYTES)]
-    return [pb.StreamAudioRequest(audio=pb.AudioChunk(data=c)) for c in chunks] + [
-        SILENCE
-    ] * TAIL_CHUNKS
+    speech = [pb.StreamAudioRequest(audio=pb.AudioChunk(data=c)) for c in chunks]
+    return [SILENCE] * LEAD_CHUNKS + speech + [SILENCE] * TAIL_CHUNKS

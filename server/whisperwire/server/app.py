@@ -142,7 +142,7 @@ async def start_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = _listen(server, settings)
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     running = RunningServer(server, port, state, scheduler, health_servicer, metrics, pipeline)
@@ -156,10 +156,22 @@ async def start_server(
     return running
 
 
+def _listen(server: grpc.aio.Server, settings: ServerSettings) -> int:
+    """Bind the gRPC port (IPv6 literals in brackets); a failure is a startup error."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    address = f"{host}:{settings.port}"
+    try:
+        return server.add_insecure_port(address)
+    except RuntimeError as error:  # grpcio's "Failed to bind to address ..."
+        raise ConfigurationError(f"cannot listen on {address}: {error}") from error
+
+
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", settings.max_request_bytes),
+        # A second server on a taken port fails to start instead of sharing its connections.
+        ("grpc.so_reuseport", 0),
         # Push-to-talk streams sit silent for minutes: let clients keep them alive.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
