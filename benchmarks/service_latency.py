@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -46,6 +47,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.instant_engine import instant_engine_and_tokenizer
+from benchmarks.load import ForeignLoad, choose
 
 MAX_CLIP_SECONDS = 10.0
 CHUNK_BYTES = 640  # 20 ms of 16 kHz s16le
@@ -116,7 +118,18 @@ class Target:
     options: Any  # DecodeOptions
     client: AsyncWorker
 
+    def __post_init__(self) -> None:
+        pids = [os.getpid(), self.client.pid]
+        self.load = ForeignLoad(lambda: pids)
+
     async def measure(self, side: str, clip: str, samples: Audio) -> dict[str, Any]:
+        """One release→final (or bare transcription); `foreign` is how busy the rest of the
+        machine was meanwhile."""
+        mark = self.load.mark()
+        result = await self._measure(side, clip, samples)
+        return {**result, "foreign": self.load.since(mark)}
+
+    async def _measure(self, side: str, clip: str, samples: Audio) -> dict[str, Any]:
         if side == GRPC:
             return await self.client.call(op="utterance", clip=clip)
         pipeline = self.server.pipeline if side == SCHEDULER else self.direct
@@ -182,6 +195,7 @@ async def bench_model(
                 pair: dict[str, Any] = {"clip": clip, "audio_s": len(samples) / 16000}
                 for side in interleaved(r + i, SIDES):
                     pair[side] = await target.measure(side, clip, samples)
+                pair["foreign"] = max(pair[side]["foreign"] for side in SIDES)
                 pairs.append(pair)
         await target.client.close()
     finally:
@@ -191,7 +205,11 @@ async def bench_model(
 
 
 # ---- statistics ---------------------------------------------------------------------------
-def summarise(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """Statistics over the pairs measured on a quiet machine, if there are enough of them."""
+    chosen, basis = choose([(p,) for p in measured], minimum=10)
+    pairs = [p for (p,) in chosen]
+
     def ms(side: str) -> list[float]:
         return [1000 * p[side]["seconds"] for p in pairs]
 
@@ -211,6 +229,7 @@ def summarise(pairs: list[dict[str, Any]]) -> dict[str, Any]:
     overhead = difference(grpc_ms, direct_ms)
     return {
         "n": len(pairs),
+        "basis": basis,
         "latency_ms": {
             GRPC: spread(grpc_ms),
             SCHEDULER: spread(scheduler_ms),
@@ -242,12 +261,12 @@ def model_table(model: str, summary: dict[str, Any]) -> str:
     ]
     rows.append(("overhead: gRPC - bare", *_spread_cells(summary["overhead_ms"])))
     rows += [(f"  {name}", *_spread_cells(s)) for name, s in summary["split_ms"].items()]
-    text = table((f"{model} (ms, n={summary['n']})", "p50", "p95", "p99", "max"), rows)
+    text = table((f"{model} (ms, {summary['basis']})", "p50", "p95", "p99", "max"), rows)
     clips = table(
         ("clip p50 ms", *SIDES),
         [(clip, *(v[s] for s in SIDES)) for clip, v in summary["per_clip_p50_ms"].items()],
     )
-    same = f"gRPC text == bare text in {summary['same_text']}/{summary['n']} pairs"
+    same = f"gRPC text == bare text in {summary['same_text']}/{summary['n']} pairs used"
     return f"{text}\n{clips}\n{same}"
 
 
@@ -263,7 +282,7 @@ def figures_for(model: str, summary: dict[str, Any], batch_wait_ms: float) -> li
 def overhead_figures(model: str, summary: dict[str, Any], batch_wait_ms: float) -> list[Figure]:
     overhead = summary["overhead_ms"]
     engine = "instant engine" if model == INSTANT else model
-    note = f"n={summary['n']} pairs; server batch_wait_ms={batch_wait_ms:g}"
+    note = f"{summary['basis']}; server batch_wait_ms={batch_wait_ms:g}"
     return [
         Figure(
             f"service overhead (gRPC - bare pipeline) p{q}, {engine}",
@@ -290,7 +309,7 @@ def latency_figures(model: str, summary: dict[str, Any]) -> list[Figure]:
             ENGINE_FLOOR_MS[model],
             goal=f"<= {LATENCY_GOAL_MS[model]:g} ms",
             goal_met=latency["p50"] <= LATENCY_GOAL_MS[model],
-            note=f"p95 {latency['p95']:.0f} ms, max {latency['max']:.0f} ms",
+            note=f"{summary['basis']}; p95 {latency['p95']:.0f} ms, max {latency['max']:.0f} ms",
         ),
         Figure(
             f"gRPC + Python share of release→final, {model}",

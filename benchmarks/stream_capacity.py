@@ -47,6 +47,7 @@ from benchmarks.common import (
     worker_channel,
     write_results,
 )
+from benchmarks.load import ForeignLoad
 from tests.speech import JFK
 
 CHUNK_BYTES = 640
@@ -252,7 +253,9 @@ def measure(procs: Processes, args: argparse.Namespace, streams: int, mode: str)
         "warmup": args.warmup,
         "ptt_seconds": args.ptt_seconds if mode == PTT else 0,
     }
+    load = ForeignLoad(lambda: [os.getpid(), procs.server_pid, procs.client_pid])
     procs.client.call(**request)  # returns at "steady"
+    mark = load.mark()
     server0, client0, t0 = (
         cpu_seconds(procs.server_pid),
         cpu_seconds(procs.client_pid),
@@ -264,6 +267,7 @@ def measure(procs: Processes, args: argparse.Namespace, streams: int, mode: str)
         cpu_seconds(procs.client_pid),
         time.perf_counter(),
     )
+    foreign = load.since(mark)
     closed = procs.client.read()
     wall = t1 - t0
     server_core = 100 * (server1 - server0) / wall  # % of one core
@@ -278,6 +282,7 @@ def measure(procs: Processes, args: argparse.Namespace, streams: int, mode: str)
         "percent_per_stream": per_stream,
         "percent_per_stream_at_50_msg_s": per_stream * 50 / rate if rate else math.nan,
         "us_per_chunk": 1e6 * (server1 - server0) / max(1, done["sent"]),
+        "foreign": foreign,
         **{k: v for k, v in done.items() if k != "phase"},
         "errors": closed["errors"],
     }
@@ -306,6 +311,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
         "late p99 ms",
         "final p50 ms",
         "final p99 ms",
+        "others",
     )
     rows = [
         (
@@ -320,6 +326,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
             r["late_ms"]["p99"],
             r["final_ms"]["p50"],
             r["final_ms"]["p99"],
+            f"{100 * r['foreign']:.0f} %",
         )
         for r in runs
     ]
