@@ -44,6 +44,7 @@ INVALID_ARGUMENT_REASONS = {
     "INVALID_SAMPLES",
     "CHUNK_TOO_LARGE",
     "AUDIO_SEQUENCE_GAP",
+    "EMPTY_REQUEST",
 }
 # The proto's error list; gRPC's own RESOURCE_EXHAUSTED (message too large) has no reason.
 DOCUMENTED = {
@@ -51,9 +52,6 @@ DOCUMENTED = {
     grpc.StatusCode.OUT_OF_RANGE: {"AUDIO_TOO_LONG", "STREAM_TOO_LONG", "IDLE_TIMEOUT"},
     grpc.StatusCode.RESOURCE_EXHAUSTED: {"SERVER_BUSY", ""},
 }
-# Sent by the server for a request with no oneof set, but missing from the proto's list:
-# see test_an_empty_request_fails_with_a_documented_reason.
-UNDOCUMENTED_KNOWN = {(grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_REQUEST")}
 FUZZ = settings(
     max_examples=150,
     deadline=None,
@@ -238,11 +236,6 @@ async def test_any_transcribe_request_ends_with_a_documented_status(
     await _assert_server_is_clean(tiny_server, tiny_channel)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the server fails a StreamAudioRequest with no oneof set with reason "
-    "EMPTY_REQUEST, which the proto's error list does not name",
-)
 async def test_an_empty_request_fails_with_a_documented_reason(
     blocking_stub: pb_grpc.TranscriptionServiceStub,
 ) -> None:
@@ -252,15 +245,12 @@ async def test_an_empty_request_fails_with_a_documented_reason(
             lambda: list(blocking_stub.StreamAudio(iter(requests), timeout=CALL_DEADLINE))
         )
     code, reason, _, _ = error_info(raised.value)  # type: ignore[arg-type]
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert reason in INVALID_ARGUMENT_REASONS
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_REQUEST")
 
 
 def _assert_documented(error: grpc.RpcError) -> None:
     code, reason, fields, retry = error_info(error)  # type: ignore[arg-type]
     event(f"{code.name} {reason}")
-    if (code, reason) in UNDOCUMENTED_KNOWN:
-        return
     assert code in DOCUMENTED, (code, reason, error)
     assert reason in DOCUMENTED[code], (code, reason, error)
     if code == grpc.StatusCode.INVALID_ARGUMENT:

@@ -47,7 +47,8 @@ class TranscriptionServiceStub:
     value or combination the engine cannot honour, e.g. word timestamps on an
     engine that cannot align words), AUDIO_DECODE_FAILED, EMPTY_AUDIO,
     INVALID_SAMPLES (NaN or infinite samples), CHUNK_TOO_LARGE,
-    AUDIO_SEQUENCE_GAP.
+    AUDIO_SEQUENCE_GAP, EMPTY_REQUEST (a StreamAudioRequest with no member
+    set).
     - OUT_OF_RANGE: AUDIO_TOO_LONG (Transcribe audio or one stream utterance
     over ServiceLimits.max_audio_duration), STREAM_TOO_LONG (stream open longer
     than ServiceLimits.max_stream_duration), IDLE_TIMEOUT (no message for
@@ -109,7 +110,8 @@ class TranscriptionServiceServicer:
     value or combination the engine cannot honour, e.g. word timestamps on an
     engine that cannot align words), AUDIO_DECODE_FAILED, EMPTY_AUDIO,
     INVALID_SAMPLES (NaN or infinite samples), CHUNK_TOO_LARGE,
-    AUDIO_SEQUENCE_GAP.
+    AUDIO_SEQUENCE_GAP, EMPTY_REQUEST (a StreamAudioRequest with no member
+    set).
     - OUT_OF_RANGE: AUDIO_TOO_LONG (Transcribe audio or one stream utterance
     over ServiceLimits.max_audio_duration), STREAM_TOO_LONG (stream open longer
     than ServiceLimits.max_stream_duration), IDLE_TIMEOUT (no message for
@@ -202,7 +204,8 @@ class TranscriptionService:
     value or combination the engine cannot honour, e.g. word timestamps on an
     engine that cannot align words), AUDIO_DECODE_FAILED, EMPTY_AUDIO,
     INVALID_SAMPLES (NaN or infinite samples), CHUNK_TOO_LARGE,
-    AUDIO_SEQUENCE_GAP.
+    AUDIO_SEQUENCE_GAP, EMPTY_REQUEST (a StreamAudioRequest with no member
+    set).
     - OUT_OF_RANGE: AUDIO_TOO_LONG (Transcribe audio or one stream utterance
     over ServiceLimits.max_audio_duration), STREAM_TOO_LONG (stream open longer
     than ServiceLimits.max_stream_duration), IDLE_TIMEOUT (no message for
