@@ -10,6 +10,7 @@ the absolute figures; all pairs still give ratios.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,17 @@ class ForeignLoad:
     def mark(self) -> Mark:
         busy, total = _machine_ticks()
         return Mark(busy, sum(_process_ticks(p) for p in self._pids()), total)
+
+    def wait_quiet(self, timeout: float, probe: float = 1.0) -> float:
+        """Wait (at most `timeout` s) until others used the machine lightly for a `probe`
+        interval; returns the seconds waited. Raises the chance that a long run is quiet."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            mark = self.mark()
+            time.sleep(probe)
+            if self.since(mark) <= QUIET:
+                break
+        return time.monotonic() - started
 
     def since(self, start: Mark) -> float:
         """Fraction (0..1) of all CPUs' time that other processes used since `start`."""
@@ -77,4 +89,4 @@ def choose(pairs: Sequence[Pair], minimum: int = 3) -> tuple[list[Pair], str]:
     quiet = [p for p in pairs if is_quiet(*(run["foreign"] for run in p))]
     if len(quiet) >= max(minimum, len(pairs) // 4):
         return quiet, f"quiet pairs ({len(quiet)}/{len(pairs)})"
-    return list(pairs), f"all pairs (only {len(quiet)}/{len(pairs)} quiet)"
+    return list(pairs), f"all pairs ({len(quiet)}/{len(pairs)} quiet)"

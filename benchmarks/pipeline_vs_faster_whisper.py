@@ -197,14 +197,16 @@ class Sides:
         self.rss_after_load = {s: w.ready["peak_rss_mib"] for s, w in self.workers.items()}
         pids = [os.getpid(), *(w.pid for w in self.workers.values())]
         self.load = ForeignLoad(lambda: pids)
+        self.quiet_wait = args.quiet_wait
 
     def run(
         self, side: str, audio: str, mode: str = "default", batch_size: int = 8
     ) -> dict[str, Any]:
         """One timed transcription; `foreign` is how busy the rest of the machine was."""
+        waited = self.load.wait_quiet(self.quiet_wait if audio == LONG else 0.0)
         mark = self.load.mark()
         result = self.workers[side].call(op="run", audio=audio, mode=mode, batch_size=batch_size)
-        return {**result, "foreign": self.load.since(mark)}
+        return {**result, "foreign": self.load.since(mark), "waited_s": waited}
 
     def close(self) -> dict[str, float]:
         return {side: w.close()["peak_rss_mib"] for side, w in self.workers.items()}
@@ -537,6 +539,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fw-batch-sizes", type=_ints, default=[1, 2, 4, 8, 16])
     parser.add_argument("--our-batch-sizes", type=_ints, default=[1, 4, 8])
     parser.add_argument("--no-sequential", dest="sequential", action="store_false")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each long-file run, wait up to this many s for other processes to go quiet",
+    )
     parser.add_argument("--skip-long", action="store_true")
     # worker mode (internal)
     parser.add_argument("--worker", choices=(OURS, FW), help=argparse.SUPPRESS)
@@ -586,6 +594,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "fw_batch_sizes": args.fw_batch_sizes,
         "our_batch_sizes": args.our_batch_sizes,
         "sequential": args.sequential,
+        "quiet_wait": args.quiet_wait,
     }
 
 

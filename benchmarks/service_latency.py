@@ -53,6 +53,7 @@ MAX_CLIP_SECONDS = 10.0
 CHUNK_BYTES = 640  # 20 ms of 16 kHz s16le
 INSTANT = "instant"  # the instant engine (tiny.en tokenizer): the overhead without engine noise
 GRPC, SCHEDULER, DIRECT = "grpc", "server pipeline", "bare pipeline"
+ENGINE = "engine alone"  # CTranslate2Engine.generate on ready features: this machine's floor
 SIDES = (GRPC, SCHEDULER, DIRECT)
 ENGINE_FLOOR_MS = {"tiny.en": 225.0, "base": 439.0}  # performance.md §6, greedy 20 tokens
 LATENCY_GOAL_MS = {"tiny.en": 300.0, "base": 550.0}
@@ -110,6 +111,38 @@ async def utterance(call: Any, pcm: bytes, settle: float) -> dict[str, Any]:
 
 # ---- the server process (this one) ----------------------------------------------------------
 @dataclass
+class EngineFloor:
+    """The engine alone: one greedy generate (encoder included) on the clip's features, with
+    the prompt and parameters the pipeline uses; log-mel is computed outside the clock."""
+
+    engine: Any  # CTranslate2Engine
+    tokenizer: Any  # WhisperTokenizer
+    prompt: list[int]
+    params: Any  # GenerationParams
+
+    async def measure(self, samples: Audio) -> dict[str, Any]:
+        from whisperwire.server.features import window_features
+
+        # A fresh array each time: the engine caches encoder output by array identity.
+        features = window_features(samples, self.engine.info.n_mels)
+        started = time.perf_counter()
+        [generation] = await asyncio.to_thread(
+            self.engine.generate, [features], [self.prompt], self.params
+        )
+        seconds = time.perf_counter() - started
+        return {"seconds": seconds, "text": self.tokenizer.decode(generation.token_ids).strip()}
+
+
+def engine_floor(engine: Any, tokenizer: Any, language: str) -> EngineFloor:
+    from whisperwire.server.domain import Task
+    from whisperwire.server.engine import GenerationParams
+
+    prompt = tokenizer.prompt(language=language, task=Task.TRANSCRIBE, timestamps=False)
+    params = GenerationParams(max_new_tokens=224, suppress_tokens=tokenizer.non_speech_tokens())
+    return EngineFloor(engine, tokenizer, prompt, params)
+
+
+@dataclass
 class Target:
     """One model's server, bare pipelines and client."""
 
@@ -117,10 +150,15 @@ class Target:
     direct: Any  # SpeechPipeline over DirectRunner
     options: Any  # DecodeOptions
     client: AsyncWorker
+    floor: EngineFloor | None  # None for the instant engine
 
     def __post_init__(self) -> None:
         pids = [os.getpid(), self.client.pid]
         self.load = ForeignLoad(lambda: pids)
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return SIDES if self.floor is None else (*SIDES, ENGINE)
 
     async def measure(self, side: str, clip: str, samples: Audio) -> dict[str, Any]:
         """One release→final (or bare transcription); `foreign` is how busy the rest of the
@@ -132,6 +170,9 @@ class Target:
     async def _measure(self, side: str, clip: str, samples: Audio) -> dict[str, Any]:
         if side == GRPC:
             return await self.client.call(op="utterance", clip=clip)
+        if side == ENGINE:
+            assert self.floor is not None
+            return await self.floor.measure(samples)
         pipeline = self.server.pipeline if side == SCHEDULER else self.direct
         started = time.perf_counter()
         transcript = await pipeline.transcribe(samples, self.options)
@@ -165,7 +206,8 @@ async def open_target(args: argparse.Namespace, model: str, pcm_dir: Path) -> Ta
     argv += ["--pcm-dir", str(pcm_dir), "--language", args.language, "--settle", str(args.settle)]
     client, _ = await AsyncWorker.start("client", argv)
     options = DecodeOptions(language=args.language, beam_size=1)
-    return Target(server, direct, options, client)
+    floor = None if model == INSTANT else engine_floor(engine, tokenizer, args.language)
+    return Target(server, direct, options, client, floor)
 
 
 def write_clips(directory: Path) -> dict[str, Audio]:
@@ -187,25 +229,30 @@ async def bench_model(
     target = await open_target(args, model, pcm_dir)
     try:
         for clip, samples in clips.items():  # warm-up, untimed
-            for side in SIDES:
+            for side in target.sides:
                 await target.measure(side, clip, samples)
         pairs = []
         for r in range(args.instant_rounds if model == INSTANT else args.rounds):
             for i, (clip, samples) in enumerate(clips.items()):
-                pair: dict[str, Any] = {"clip": clip, "audio_s": len(samples) / 16000}
-                for side in interleaved(r + i, SIDES):
+                waited = await asyncio.to_thread(target.load.wait_quiet, args.quiet_wait)
+                pair: dict[str, Any] = {
+                    "clip": clip,
+                    "audio_s": len(samples) / 16000,
+                    "waited_s": waited,
+                }
+                for side in interleaved(r + i, target.sides):
                     pair[side] = await target.measure(side, clip, samples)
-                pair["foreign"] = max(pair[side]["foreign"] for side in SIDES)
+                pair["foreign"] = max(pair[side]["foreign"] for side in target.sides)
                 pairs.append(pair)
         await target.client.close()
     finally:
         await target.client.kill()
         await target.server.drain_and_stop(1.0)
-    return {"pairs": pairs, "summary": summarise(pairs)}
+    return {"pairs": pairs, "summary": summarise(pairs, target.sides)}
 
 
 # ---- statistics ---------------------------------------------------------------------------
-def summarise(measured: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(measured: list[dict[str, Any]], sides: tuple[str, ...]) -> dict[str, Any]:
     """Statistics over the pairs measured on a quiet machine, if there are enough of them."""
     chosen, basis = choose([(p,) for p in measured], minimum=10)
     pairs = [p for (p,) in chosen]
@@ -227,27 +274,26 @@ def summarise(measured: list[dict[str, Any]]) -> dict[str, Any]:
     grpc_ms, scheduler_ms, direct_ms = ms(GRPC), ms(SCHEDULER), ms(DIRECT)
     server_ms = [1000 * p[GRPC]["server_total"] for p in pairs]
     overhead = difference(grpc_ms, direct_ms)
+    split = {
+        "scheduler (server pipeline - bare)": difference(scheduler_ms, direct_ms),
+        "session + gRPC (gRPC - server pipeline)": difference(grpc_ms, scheduler_ms),
+        "outside the session (client-observed - server timings.total)": difference(
+            grpc_ms, server_ms
+        ),
+    }
+    if ENGINE in sides:
+        split["pipeline (bare - engine alone)"] = difference(direct_ms, ms(ENGINE))
     return {
         "n": len(pairs),
         "basis": basis,
-        "latency_ms": {
-            GRPC: spread(grpc_ms),
-            SCHEDULER: spread(scheduler_ms),
-            DIRECT: spread(direct_ms),
-        },
+        "latency_ms": {side: spread(ms(side)) for side in sides},
         "overhead_ms": overhead,
-        "split_ms": {
-            "scheduler (server pipeline - bare)": difference(scheduler_ms, direct_ms),
-            "session + gRPC (gRPC - server pipeline)": difference(grpc_ms, scheduler_ms),
-            "outside the session (client-observed - server timings.total)": difference(
-                grpc_ms, server_ms
-            ),
-        },
+        "split_ms": split,
         "overhead_share": overhead["p50"] / percentile(grpc_ms, 50),
         "per_clip_p50_ms": {
             clip: {
                 side: median(1000 * p[side]["seconds"] for p in pairs if p["clip"] == clip)
-                for side in SIDES
+                for side in sides
             }
             for clip in dict.fromkeys(p["clip"] for p in pairs)
         },
@@ -262,9 +308,10 @@ def model_table(model: str, summary: dict[str, Any]) -> str:
     rows.append(("overhead: gRPC - bare", *_spread_cells(summary["overhead_ms"])))
     rows += [(f"  {name}", *_spread_cells(s)) for name, s in summary["split_ms"].items()]
     text = table((f"{model} (ms, {summary['basis']})", "p50", "p95", "p99", "max"), rows)
+    per_clip = summary["per_clip_p50_ms"]
+    sides = list(next(iter(per_clip.values())))
     clips = table(
-        ("clip p50 ms", *SIDES),
-        [(clip, *(v[s] for s in SIDES)) for clip, v in summary["per_clip_p50_ms"].items()],
+        ("clip p50 ms", *sides), [(clip, *(v[s] for s in sides)) for clip, v in per_clip.items()]
     )
     same = f"gRPC text == bare text in {summary['same_text']}/{summary['n']} pairs used"
     return f"{text}\n{clips}\n{same}"
@@ -312,6 +359,14 @@ def latency_figures(model: str, summary: dict[str, Any]) -> list[Figure]:
             note=f"{summary['basis']}; p95 {latency['p95']:.0f} ms, max {latency['max']:.0f} ms",
         ),
         Figure(
+            f"release→final p50 through gRPC, {model}, vs the engine alone here",
+            latency["p50"],
+            "ms",
+            "CTranslate2Engine.generate alone on this machine, same clips, same run",
+            summary["latency_ms"][ENGINE]["p50"],
+            note="the machine's own floor; ratio = everything around the engine",
+        ),
+        Figure(
             f"gRPC + Python share of release→final, {model}",
             100 * summary["overhead_share"],
             "%",
@@ -334,6 +389,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--instant-rounds", type=int, default=40, help="same, instant engine")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="server setting")
     parser.add_argument("--settle", type=float, default=0.3, help="s between audio and release")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=1.0,
+        help="before each pair, wait up to this many s for other processes to go quiet",
+    )
+    parser.add_argument("--tag", default="", help="results/service_latency-<tag>.json")
     # client mode (internal)
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -342,7 +404,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run_benchmark(args: argparse.Namespace) -> None:
-    run = Run("service_latency")
+    run = Run("service_latency" + (f"-{args.tag}" if args.tag else ""))
     run.versions = package_versions("grpcio", "ctranslate2", "protobuf")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ww-bench-") as tmp:
@@ -355,6 +417,8 @@ async def run_benchmark(args: argparse.Namespace) -> None:
         f for m, r in results.items() for f in figures_for(m, r["summary"], args.batch_wait_ms)
     ]
     settings = {k: v for k, v in vars(args).items() if k not in ("client", "port", "pcm_dir")}
+    for f in figures:
+        f.name += f" [{args.tag}]" if args.tag else ""
     path = write_results(run, figures, {"settings": settings, "models": results})
     print(figures_table(figures))
     print(f"\nloadavg {run.loadavg_start} -> {run.loadavg_samples}; results in {path}")
