@@ -56,8 +56,8 @@ from benchmarks.common import (
     worker_channel,
     write_results,
 )
-from benchmarks.load import ForeignLoad, Pair, choose
-from tests.speech import Clip, wer
+from benchmarks.load import QUIET, ForeignLoad, Pair, choose
+from tests.speech import Clip, normalise, wer
 
 LONG = "long"
 OURS, FW = "ours", "faster-whisper"
@@ -198,15 +198,18 @@ class Sides:
         pids = [os.getpid(), *(w.pid for w in self.workers.values())]
         self.load = ForeignLoad(lambda: pids)
         self.quiet_wait = args.quiet_wait
+        self._last_foreign = 0.0
 
     def run(
         self, side: str, audio: str, mode: str = "default", batch_size: int = 8
     ) -> dict[str, Any]:
         """One timed transcription; `foreign` is how busy the rest of the machine was."""
-        waited = self.load.wait_quiet(self.quiet_wait if audio == LONG else 0.0)
+        busy = audio == LONG and self._last_foreign > QUIET
+        waited = self.load.wait_quiet(self.quiet_wait) if busy else 0.0
         mark = self.load.mark()
         result = self.workers[side].call(op="run", audio=audio, mode=mode, batch_size=batch_size)
-        return {**result, "foreign": self.load.since(mark), "waited_s": waited}
+        self._last_foreign = self.load.since(mark)
+        return {**result, "foreign": self._last_foreign, "waited_s": waited}
 
     def close(self) -> dict[str, float]:
         return {side: w.close()["peak_rss_mib"] for side, w in self.workers.items()}
@@ -305,6 +308,7 @@ class LongBench:
             "clips_found": phrases_in_order(result["text"], self.phrases),
             "clips": len(self.phrases),
             "wer": wer(self.reference, result["text"]),
+            "words": len(normalise(result["text"]).split()),
             "language": result["language"],
             "peak_rss_mib": result["peak_rss_mib"],
             "foreign": result["foreign"],
@@ -361,7 +365,8 @@ def bench_long(
     final = bench.head_to_head(
         best(sweep, FW, "batched"), best(sweep, OURS, "default"), args.long_rounds
     )
-    return {"audio_s": duration, "sweep": sweep, "head_to_head": final}
+    words = len(normalise(reference).split())
+    return {"audio_s": duration, "reference_words": words, "sweep": sweep, "head_to_head": final}
 
 
 # ---- one model --------------------------------------------------------------------------
@@ -430,13 +435,24 @@ def long_table(long: dict[str, Any]) -> str:
     h2h = long["head_to_head"]
     rows = [_long_row("sweep", r) for r in long["sweep"]]
     rows += [_long_row("best vs best", r) for side in (FW, OURS) for r in h2h["runs"][side]]
-    headers = ("phase", "configuration", "s", "cpu s", "xRT", "clips in order", "WER", "others")
+    headers = (
+        "phase",
+        "configuration",
+        "s",
+        "cpu s",
+        "xRT",
+        "clips in order",
+        "words",
+        "WER",
+        "others",
+    )
     text = table(headers, rows)
     per_round = _fmt(h2h["ratio_per_round"])
     return (
         f"{text}\nbest vs best, {h2h['basis']}: ours/fw speed = {h2h['ratio']:.2f} "
         f"(per pair {per_round}); CPU time fw/ours = {h2h['cpu_ratio']:.2f}\n"
-        "(others = share of the machine's CPU used by other processes during the run)"
+        f"(reference: {long['reference_words']} words; "
+        "others = share of the machine's CPU used by other processes during the run)"
     )
 
 
@@ -448,6 +464,7 @@ def _long_row(phase: str, r: dict[str, Any]) -> tuple[object, ...]:
         r["cpu_s"],
         r["x_realtime"],
         f"{r['clips_found']}/{r['clips']}",
+        r["words"],
         r["wer"],
         f"{100 * r['foreign']:.0f} %",
     )
@@ -480,17 +497,20 @@ def figures_for(model: str, result: dict[str, Any]) -> list[Figure]:
     ]
     if "long" in result:
         figures += _long_figures(model, tag, result["long"])
-    rss = result["peak_rss_mib"]
-    figures.append(
+    figures += [
         Figure(
-            f"peak RSS, {tag}",
+            f"peak RSS {phase}, {tag}",
             rss[OURS],
             "MiB",
             "faster-whisper worker, same work",
             rss[FW],
-            note="ru_maxrss of each side's own process over the whole run",
+            note="ru_maxrss of each side's own process",
         )
-    )
+        for phase, rss in (
+            ("after the short clips", short["peak_rss_mib"]),
+            ("over the whole run (incl. long file)", result["peak_rss_mib"]),
+        )
+    ]
     return figures
 
 
@@ -543,9 +563,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quiet-wait",
         type=float,
         default=10.0,
-        help="before each long-file run, wait up to this many s for other processes to go quiet",
+        help="before a long-file run after a busy one, wait up to this many s for quiet",
     )
     parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--tag", default="", help="results/pipeline_vs_faster_whisper-<tag>.json")
     # worker mode (internal)
     parser.add_argument("--worker", choices=(OURS, FW), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -567,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         serve_worker(args)
         return
-    run = Run("pipeline_vs_faster_whisper")
+    run = Run("pipeline_vs_faster_whisper" + (f"-{args.tag}" if args.tag else ""))
     run.versions = package_versions("faster-whisper", "ctranslate2", "numpy", "onnxruntime")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ww-bench-") as tmp:
@@ -576,6 +597,8 @@ def main(argv: list[str] | None = None) -> None:
         for model in args.models:
             results[model] = bench_model(args, model, Path(tmp), meta, run)
     figures = [f for model, result in results.items() for f in figures_for(model, result)]
+    for f in figures:
+        f.name += f" [{args.tag}]" if args.tag else ""
     details = {"settings": _settings(args), "audio_s": durations, "models": results}
     path = write_results(run, figures, details)
     print("\n" + figures_table(figures))

@@ -19,12 +19,16 @@ measured in the same run (interleaved), or a number from
 [performance.md](../../../shared/reference/performance.md) or the issue. *ratio* = value /
 anchor (for same-run comparisons: the median of per-pair ratios). Absolute times depend on the
 load of the machine, given per run below (`os.getloadavg()`, 1/5/15 min); ratios of interleaved
-runs much less so.
+runs much less so. Where a figure says "quiet pairs", only pairs during which other processes
+used at most 10 % of the machine's CPU were counted (benchmarks/load.py).
+
+Figures of the load and fault tests (tests/load, tests/test_faults.py) are in [load/](load/).
 """
 
 
 def load_results(directory: Path = RESULTS_DIR) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    paths = sorted(directory.glob("*.json"), key=lambda p: (p.stem.split("-")[0], p.stem))
+    return [json.loads(p.read_text()) for p in paths]
 
 
 def render(results: list[dict[str, Any]]) -> str:
