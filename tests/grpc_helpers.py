@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.speech import chunks
+from whisperwire.server.app import RunningServer, start_server
+from whisperwire.server.config import ServerSettings
+from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
 from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc
 
@@ -66,3 +71,15 @@ def error_info(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, list[
             detail.Unpack(info_retry)
             retry = info_retry.retry_delay.ToNanoseconds() / 1e9
     return error.code(), reason, fields, retry
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    engine: Any, tokenizer: WhisperTokenizer, **settings: Any
+) -> AsyncIterator[tuple[RunningServer, grpc.aio.Channel]]:
+    running = await start_server(ServerSettings(port=0, **settings), engine, tokenizer)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield running, channel
+    finally:
+        await running.drain_and_stop(grace=1.0)

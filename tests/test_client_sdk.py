@@ -9,9 +9,11 @@ import grpc
 import numpy as np
 import pytest
 
+from tests.grpc_helpers import serving
 from tests.speech import HESTER, JFK, NIGHTFALL, load_pcm16k, silence, to_s16le, wer
 from whisperwire.client import (
     NO_RETRY,
+    AsyncAudioStream,
     AsyncClient,
     AudioFormat,
     AuthenticationError,
@@ -25,6 +27,7 @@ from whisperwire.client import (
     SegmentCommitted,
     ServerBusyError,
     ServerUnavailableError,
+    ServiceError,
     SpeechActivity,
     StreamClosedError,
     StreamOptions,
@@ -270,6 +273,53 @@ async def test_busy_server_says_when_to_retry_and_the_deadline_wins(
             assert raised.value.reason == "SERVER_BUSY"
         finally:
             first.abort()
+
+
+async def test_the_servers_status_survives_writes_racing_the_end_of_the_call(
+    tiny_engine: tuple[CTranslate2Engine, WhisperTokenizer],
+) -> None:
+    """Writes in flight as a draining server ends each call must not replace its status with
+    grpcio's INTERNAL "Internal error from Core" (grpc/grpc#36066; client/call_status.py)."""
+    async with (
+        serving(*tiny_engine) as (running, _),
+        AsyncClient(f"127.0.0.1:{running.port}", retry=NO_RETRY) as client,
+    ):
+        streams = [await client.stream() for _ in range(24)]
+        drained = asyncio.Event()
+        writers = [asyncio.create_task(_push_until_closed(s, drained)) for s in streams]
+        await asyncio.sleep(0.3)
+        running.state.drain()
+        drained.set()  # now write as fast as flow control lets: the race's window
+        endings = await asyncio.gather(*(_how_it_ended(s) for s in streams))
+        write_errors = await asyncio.gather(*writers)
+
+    for ending in [*endings, *write_errors]:
+        if isinstance(ending, StreamClosedError):
+            continue  # a write after the end was seen: the reader has the status
+        assert isinstance(ending, ServerUnavailableError), ending
+        assert ending.reason == "SERVER_DRAINING" and ending.retry_delay is not None
+    assert all(isinstance(e, ServerUnavailableError) for e in endings)
+
+
+async def _push_until_closed(stream: AsyncAudioStream, drained: asyncio.Event) -> Exception:
+    speech = pcm(HESTER)
+    chunks = [speech[i : i + 640] for i in range(0, len(speech), 640)]
+    while True:
+        for chunk in chunks:
+            try:
+                await stream.push(chunk)
+            except (ServiceError, StreamClosedError) as error:
+                return error
+            await asyncio.sleep(0 if drained.is_set() else 0.005)
+
+
+async def _how_it_ended(stream: AsyncAudioStream) -> Exception | None:
+    try:
+        async for _ in stream:
+            pass
+    except ServiceError as error:
+        return error
+    return None
 
 
 async def test_unreachable_server_is_unavailable() -> None:

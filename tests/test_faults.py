@@ -16,6 +16,7 @@ import json
 import resource
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,13 @@ from tests.grpc_helpers import (
     error_info,
     finals,
     paced,
+    serving,
     stub,
 )
 from tests.load.serve_process import ServeProcess
 from tests.speech import HESTER, JFK, NIGHTFALL, Clip, load_pcm16k, to_s16le, wer
-from tests.test_server_ops import serving
 from whisperwire.client import AsyncClient, RetryPolicy, StreamOptions
+from whisperwire.client.call_status import ServerStatus
 from whisperwire.client.options import RecognitionOptions
 from whisperwire.client.push_to_talk import (
     ConnectionLost,
@@ -121,9 +123,14 @@ def pcm(clip: Clip) -> bytes:
     return to_s16le(load_pcm16k(clip))
 
 
+# What each call's server said, kept from grpcio's write/status race (client/call_status.py).
+_server_status: weakref.WeakKeyDictionary[Call, ServerStatus] = weakref.WeakKeyDictionary()
+
+
 async def open_stream(channel: grpc.aio.Channel, *requests: Request) -> Call:
     """A stream with `requests` written after its config (no half-close)."""
     call: Call = stub(channel).StreamAudio()
+    _server_status[call] = ServerStatus(call)
     await call.write(config_request(**GREEDY))
     for request in requests:
         await call.write(request)
@@ -137,7 +144,8 @@ async def outcome(call: Call) -> tuple[list[pb.StreamAudioResponse], grpc.aio.Ai
         while (response := await call.read()) is not grpc.aio.EOF:
             responses.append(response)
     except grpc.aio.AioRpcError as error:
-        return responses, error
+        status = _server_status.get(call)
+        return responses, status.error_for(error) if status else error
     return responses, None
 
 

@@ -21,11 +21,18 @@ import pytest
 from google.protobuf.descriptor import Descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.grpc_helpers import END, audio_requests, collect, config_request, error_info, paced
+from tests.grpc_helpers import (
+    END,
+    audio_requests,
+    collect,
+    config_request,
+    error_info,
+    paced,
+    serving,
+)
 from tests.grpc_helpers import stub as make_stub
 from tests.load.serve_process import WHISPERWIRE, ServeProcess
 from tests.speech import HESTER, load_pcm16k, to_s16le, wer
-from tests.test_server_ops import serving
 from whisperwire.server import auth
 from whisperwire.server.app import ConfigurationError, RunningServer, check_exposure
 from whisperwire.server.config import ServerSettings

@@ -3,37 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import pytest
 
-from tests.grpc_helpers import END, audio_requests, collect, config_request, error_info, paced, stub
+from tests.grpc_helpers import (
+    END,
+    audio_requests,
+    collect,
+    config_request,
+    error_info,
+    paced,
+    serving,
+    stub,
+)
 from tests.speech import HESTER, JFK, load_pcm16k, to_s16le, wer
-from whisperwire.server.app import RunningServer, start_server
-from whisperwire.server.config import ServerSettings
 from whisperwire.server.engine import Features, Generation, GenerationParams
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
 from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
 
 Tiny = tuple[CTranslate2Engine, WhisperTokenizer]
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    engine: Any, tokenizer: WhisperTokenizer, **settings: Any
-) -> AsyncIterator[tuple[RunningServer, grpc.aio.Channel]]:
-    running = await start_server(ServerSettings(port=0, **settings), engine, tokenizer)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield running, channel
-    finally:
-        await running.drain_and_stop(grace=1.0)
 
 
 class FlakyEngine:

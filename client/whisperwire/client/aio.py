@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from whisperwire.client import convert
+from whisperwire.client.call_status import ServerStatus
 from whisperwire.client.channel import DEFAULT_TARGET, Connection
 from whisperwire.client.errors import ServiceError, StreamClosedError, from_rpc_error
 from whisperwire.client.options import AudioFormat, RecognitionOptions, StreamOptions
@@ -178,25 +179,29 @@ class AsyncClient:
         self, config: pb.StreamAudioRequest, timeout: float | None
     ) -> AsyncAudioStream:
         call = self._rpcs.stream_audio(None, timeout=timeout, metadata=self._metadata)
+        status = ServerStatus(call)
+        first: object = None
         try:
             await call.write(config)
             first = await call.read()
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
+            if (real := status.error_for(error)) is not None:
+                raise from_rpc_error(real) from None
         except BaseException:
             call.cancel()
             raise
-        if not isinstance(first, pb.StreamAudioResponse):  # EOF
+        if not isinstance(first, pb.StreamAudioResponse):  # EOF, or OK hidden by the race
             raise ServiceError(grpc.StatusCode.UNKNOWN, "stream ended before session_started")
-        return AsyncAudioStream(call, convert.session_info(first.session_started))
+        return AsyncAudioStream(call, convert.session_info(first.session_started), status)
 
 
 class AsyncAudioStream:
     """One StreamAudio call. Write with push / end_utterance / cancel / close; read events by
     iterating. Every end_utterance gets exactly one Final; cancel drops the open utterance."""
 
-    def __init__(self, call: StreamCall, session: SessionInfo) -> None:
+    def __init__(self, call: StreamCall, session: SessionInfo, status: ServerStatus) -> None:
         self._call = call
+        self._status = status
         self.session = session
         self._write_lock = asyncio.Lock()
         self._half_closed = False
@@ -249,7 +254,12 @@ class AsyncAudioStream:
     async def next_event(self) -> StreamEvent | None:
         """The next event, or None when the call ended with OK. Raises ServiceError."""
         while True:
-            response = await _rpc(self._call.read())
+            try:
+                response = await self._call.read()
+            except grpc.aio.AioRpcError as error:
+                if (real := self._status.error_for(error)) is None:
+                    return None  # ended with OK; a racing write hid that (call_status.py)
+                raise from_rpc_error(real) from None
             if not isinstance(response, pb.StreamAudioResponse):  # EOF: ended with OK
                 return None
             event = convert.stream_event(response)
@@ -270,6 +280,8 @@ class AsyncAudioStream:
             try:
                 await self._call.write(request)
             except grpc.aio.AioRpcError as error:
-                raise from_rpc_error(error) from None
+                if (real := self._status.error_for(error)) is None:
+                    raise StreamClosedError("the stream has ended") from None
+                raise from_rpc_error(real) from None
             except asyncio.InvalidStateError:
                 raise StreamClosedError("the stream has ended") from None
