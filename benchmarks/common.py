@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -11,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from subprocess import PIPE
@@ -71,6 +72,24 @@ def loadavg() -> list[float]:
 def peak_rss_mib() -> float:
     """This process's peak resident set size (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def sleep_until(when: float) -> None:
+    """Sleep until the event loop's clock reaches `when` (pacing of real-time audio)."""
+    delay = when - asyncio.get_running_loop().time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def ints(text: str) -> list[int]:
+    """An argparse type: "1,2,4" -> [1, 2, 4]."""
+    return [int(t) for t in text.split(",") if t.strip()]
 
 
 # ---- transcripts ----------------------------------------------------------------------------
@@ -203,6 +222,72 @@ def worker_channel() -> tuple[IO[str], IO[str]]:
 def reply(out: IO[str], **payload: Any) -> None:
     out.write(json.dumps(payload) + "\n")
     out.flush()
+
+
+async def answer_requests(
+    requests: IO[str], out: IO[str], handle: Callable[[dict[str, Any]], Awaitable[None]]
+) -> None:
+    """In a client worker: handle each request until "quit", then reply the peak RSS."""
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, requests.readline):
+        request = json.loads(line)
+        if request["op"] == "quit":
+            reply(out, peak_rss_mib=peak_rss_mib())
+            return
+        await handle(request)
+
+
+async def serve_worker(
+    requests: IO[str], out: IO[str], settings: Any, engine: Any, tokenizer: Any
+) -> None:
+    """In a server worker: start whisperwire (start_server, warm-up decode included), reply
+    its port and pid, serve until the quit request, drain, reply the peak RSS."""
+    from whisperwire.server.app import start_server
+
+    running = await start_server(settings, engine, tokenizer)
+    reply(out, port=running.port, pid=os.getpid())
+    await asyncio.get_running_loop().run_in_executor(None, requests.readline)  # quit
+    await running.drain_and_stop(2.0)
+    reply(out, peak_rss_mib=peak_rss_mib())
+
+
+# ---- command line ---------------------------------------------------------------------------
+def add_quiet_wait(parser: argparse.ArgumentParser, default: float, before: str) -> None:
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=default,
+        help=f"before {before}, wait up to this many s for the machine to be quiet",
+    )
+
+
+def add_tag_and_roles(parser: argparse.ArgumentParser, benchmark: str, max_streams: int) -> None:
+    """--tag (results/<benchmark>-<tag>.json, for diagnostic runs), and the internal options by
+    which the benchmark's module also runs as its server (--serve) and client (--client --port)
+    processes."""
+    parser.add_argument("--tag", default="", help=f"results/{benchmark}-<tag>.json")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--max-streams", type=int, default=max_streams, help=argparse.SUPPRESS)
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+
+
+Role = Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+
+
+def run_role(
+    args: argparse.Namespace,
+    server: Role,
+    client: Role,
+    bench: Callable[[argparse.Namespace], None],
+) -> None:
+    """Run as the server, the client or the benchmark itself, as add_roles' options say."""
+    if args.serve:
+        asyncio.run(server(args))
+    elif args.client:
+        asyncio.run(client(args))
+    else:
+        bench(args)
 
 
 # ---- results ----------------------------------------------------------------------------

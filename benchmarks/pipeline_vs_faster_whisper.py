@@ -4,17 +4,17 @@ Each side runs in its own worker process (so ru_maxrss is that side's peak RSS) 
 process asks them in turn, A, B, B, A, ..., so machine noise hits both sides alike.
 
 - Short clips (the shared ones): `SpeechPipeline.transcribe` vs `WhisperModel.transcribe`.
-- A long file (the English clips repeated, 1 s pauses, >= 4 min): `BatchedInferencePipeline` at
-  batch sizes 1..16 (and its sequential `WhisperModel.transcribe`) vs our pipeline with the
-  engine's max_batch_size 1/4/8; best vs best, then head to head; every clip's first words must
-  appear in order in our text.
+- A long file (the English clips repeated, 1 s pauses, 12 times: 305 s, >= 5 min):
+  `BatchedInferencePipeline` at batch sizes 1..16 (and its sequential `WhisperModel.transcribe`)
+  vs our pipeline with the engine's max_batch_size 1/4/8; best vs best, then head to head; every
+  clip's first words must appear in order in our text.
 
 Both sides: greedy (beam 1), timestamps on (faster-whisper without_timestamps=False, ours
 DecodeOptions(timestamps=True)), Whisper's default temperature fallback and thresholds, no
 initial prompt; language auto-detected (default) or forced on both. Audio is decoded once by
 the main process, so neither side's timing includes file decoding.
 
-    python -m benchmarks.pipeline_vs_faster_whisper                # base + tiny.en, ~5 min
+    python -m benchmarks.pipeline_vs_faster_whisper                # base + tiny.en, ~6.5 min
     python -m benchmarks.pipeline_vs_faster_whisper --models base --rounds 9 --long-rounds 5
 """
 
@@ -555,7 +555,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--language", default="auto", help='"auto" (both detect) or a code')
     parser.add_argument("--rounds", type=int, default=5, help="rounds over the short clips")
     parser.add_argument("--long-rounds", type=int, default=3, help="best-vs-best long-file pairs")
-    parser.add_argument("--long-cycles", type=int, default=10, help="repeats of the 3 clips")
+    parser.add_argument(
+        "--long-cycles", type=int, default=12, help="repeats of the 3 clips (12: 305 s)"
+    )
     parser.add_argument("--fw-batch-sizes", type=_ints, default=[1, 2, 4, 8, 16])
     parser.add_argument("--our-batch-sizes", type=_ints, default=[1, 4, 8])
     parser.add_argument("--no-sequential", dest="sequential", action="store_false")

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Runs every benchmark with its defaults (about 15 minutes on 2 idle cores) and writes
-# benchmarks/results/SUMMARY.md. Results are JSON files in benchmarks/results/.
+# Runs every benchmark with its defaults (about 27 minutes on 2 idle cores), writes
+# benchmarks/results/SUMMARY.md and draws the PNGs beside it. Results are JSON files in
+# benchmarks/results/.
 #   benchmarks/run_all.sh            # everything
 #   PYTHON=python benchmarks/run_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+
+# What the benchmarks import beyond the server (pyproject's bench extra).
+if ! "$PY" -c "import matplotlib, faster_whisper, jiwer" 2>/dev/null; then
+  "$PY" -m pip install -q -e ".[bench]"
+fi
 
 run() {
   echo "=== $* ($(cut -d' ' -f1-3 /proc/loadavg) load)"
@@ -19,4 +25,6 @@ run benchmarks.service_latency --models instant --batch-wait-ms 0 --tag wait0
 run benchmarks.stream_capacity
 # Diagnostic: the same server with numpy's OpenBLAS on one thread (log-mel of every final).
 run benchmarks.stream_capacity --streams 10,50 --server-env OPENBLAS_NUM_THREADS=1 --tag openblas1
+run benchmarks.scaling
 run benchmarks.summary
+run benchmarks.plot

@@ -21,28 +21,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 from benchmarks.common import (
     Figure,
     Run,
     Worker,
+    add_tag_and_roles,
+    answer_requests,
+    cpu_seconds,
     figures_table,
     interleaved,
+    ints,
     load_clip,
     median,
     package_versions,
-    peak_rss_mib,
     percentile,
     reply,
+    run_role,
+    serve_worker,
+    sleep_until,
     table,
     worker_channel,
     write_results,
@@ -61,17 +65,12 @@ PTT, CHUNKS = "ptt", "chunks"
 # ---- server process -----------------------------------------------------------------------
 async def server_main(args: argparse.Namespace) -> None:
     from benchmarks.instant_engine import instant_engine_and_tokenizer
-    from whisperwire.server.app import start_server
     from whisperwire.server.config import ServerSettings
 
     requests, out = worker_channel()
     engine, tokenizer = instant_engine_and_tokenizer()
     settings = ServerSettings(port=0, max_streams=max(256, 2 * args.max_streams))
-    running = await start_server(settings, engine, tokenizer)
-    reply(out, port=running.port, pid=os.getpid())
-    await asyncio.get_running_loop().run_in_executor(None, requests.readline)  # quit
-    await running.drain_and_stop(2.0)
-    reply(out, peak_rss_mib=peak_rss_mib())
+    await serve_worker(requests, out, settings, engine, tokenizer)
 
 
 # ---- client process -----------------------------------------------------------------------
@@ -96,13 +95,7 @@ async def client_main(args: argparse.Namespace) -> None:
     requests, out = worker_channel()
     pcm = _speech_pcm()
     reply(out, ready=True)
-    loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, requests.readline):
-        request = json.loads(line)
-        if request["op"] == "quit":
-            reply(out, peak_rss_mib=peak_rss_mib())
-            return
-        await run_streams(args.port, request, pcm, out)
+    await answer_requests(requests, out, lambda r: run_streams(args.port, r, pcm, out))
 
 
 def _speech_pcm() -> bytes:
@@ -134,9 +127,9 @@ async def run_streams(port: int, request: dict[str, Any], pcm: bytes, out: IO[st
     senders = [
         asyncio.create_task(stream(call, i, plan, pcm, stats)) for i, call in enumerate(calls)
     ]
-    await _sleep_until(window[0])
+    await sleep_until(window[0])
     reply(out, phase="steady")
-    await _sleep_until(window[1])
+    await sleep_until(window[1])
     reply(out, phase="done", **_client_report(stats, plan))
     results = await asyncio.gather(*senders, return_exceptions=True)
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
@@ -182,7 +175,7 @@ async def stream(call: Any, index: int, plan: Plan, pcm: bytes, stats: Stats) ->
     loop = asyncio.get_running_loop()
     k = 0
     while (due := start + k * CHUNK_SECONDS) < plan.window[1]:
-        await _sleep_until(due)
+        await sleep_until(due)
         now = loop.time()
         at = (offset + k * CHUNK_BYTES) % (len(pcm) - CHUNK_BYTES)
         await call.write(
@@ -217,19 +210,7 @@ async def read_finals(call: Any, ends: deque[float], plan: Plan, stats: Stats) -
             stats.final_ms.append(1000 * (time.perf_counter() - sent_at))
 
 
-async def _sleep_until(when: float) -> None:
-    delay = when - asyncio.get_running_loop().time()
-    if delay > 0:
-        await asyncio.sleep(delay)
-
-
 # ---- main process -------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Processes:
     server: Worker
@@ -395,7 +376,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--streams", type=_ints, default=[10, 50, 100])
+    parser.add_argument("--streams", type=ints, default=[10, 50, 100])
     parser.add_argument("--modes", type=lambda t: t.split(","), default=[PTT, CHUNKS])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -404,27 +385,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--server-env", action="append", default=[], help="KEY=VALUE for the server process"
     )
-    parser.add_argument("--tag", default="", help="results/stream_capacity-<tag>.json")
-    # process roles (internal)
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--max-streams", type=int, default=100, help=argparse.SUPPRESS)
-    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    add_tag_and_roles(parser, "stream_capacity", max_streams=100)
     return parser.parse_args(argv)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.serve:
-        asyncio.run(server_main(args))
-    elif args.client:
-        asyncio.run(client_main(args))
-    else:
-        run_benchmark(args)
+    run_role(parse_args(argv), server_main, client_main, run_benchmark)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,26 @@ def load_results(directory: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in paths]
 
 
-def render(results: list[dict[str, Any]]) -> str:
+def render(results: list[dict[str, Any]], images: list[str] | None = None) -> str:
     cpus = results[0]["run"]["cpus"] if results else "?"
     lines = [HEADER.format(cpus=cpus), _runs_table(results), "", _figures_table(results), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _image_links(images or []))
+
+
+def _image_links(images: list[str]) -> list[str]:
+    if not images:
+        return []
+    links = [f"![{Path(name).stem}]({name})\n" for name in images]
+    return ["## Plots", "", "Drawn by `python -m benchmarks.plot` from the JSON files.", "", *links]
+
+
+def plot_images(directory: Path = RESULTS_DIR) -> list[str]:
+    """The PNGs beside the results: those there now and those benchmarks.plot draws from the
+    results there (run_all.sh draws them right after this summary)."""
+    from benchmarks.plot import planned
+
+    drawn = {path.with_suffix(".png").name for path, _ in planned(directory)}
+    return sorted(drawn | {path.name for path in directory.glob("*.png")})
 
 
 def _runs_table(results: list[dict[str, Any]]) -> str:
@@ -96,7 +112,7 @@ def _met(value: bool | None) -> str:
 
 def main() -> None:
     path = RESULTS_DIR / "SUMMARY.md"
-    path.write_text(render(load_results()))
+    path.write_text(render(load_results(), plot_images()))
     print(f"wrote {path}")
 
 
