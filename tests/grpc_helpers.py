@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.speech import chunks
+from whisperwire.client.call_status import ServerStatus
 from whisperwire.server.app import RunningServer, start_server
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.tokenizer import WhisperTokenizer
@@ -46,7 +47,17 @@ async def paced(requests: Iterable[Request], delay: float = 0.0) -> AsyncIterato
 
 
 async def collect(call: grpc.aio.StreamStreamCall) -> list[pb.StreamAudioResponse]:
-    return [response async for response in call]
+    """Every response; a failed call raises the server's own status, even when one of the
+    iterator's writes raced the end of the call (client/call_status.py)."""
+    status = ServerStatus(call)
+    responses: list[pb.StreamAudioResponse] = []
+    try:
+        async for response in call:
+            responses.append(response)
+    except grpc.aio.AioRpcError as error:
+        if (real := status.error_for(error)) is not None:
+            raise real from None
+    return responses
 
 
 def finals(responses: list[pb.StreamAudioResponse]) -> list[pb.StreamAudioResponse]:
