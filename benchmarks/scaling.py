@@ -570,6 +570,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="passes over the levels")
     add_quiet_wait(parser, 10.0, "each level")
     add_tag_and_roles(parser, "scaling", max_streams=32)
+    parser.add_argument("--model", default="tiny.en", help=argparse.SUPPRESS)  # server role
     return parser.parse_args(argv)
 
 
