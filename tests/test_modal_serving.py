@@ -42,6 +42,7 @@ from whisperwire.client.modal_discovery import TunnelEndpoint, resolve_target
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.deploy import (
     TunnelService,
+    container_settings,
     drain_on_sigterm,
     serve_behind_tunnel,
 )
@@ -150,6 +151,17 @@ async def test_stop_withdraws_the_address_then_drains_through_the_open_tunnel(
         socket.create_connection(_host_port(target)).close()
     running.service.stop()  # the exit hook after a SIGTERM drain: nothing left to do
     assert running.forward.relays == {}
+
+
+def test_the_container_has_no_per_client_limit_unless_the_secret_sets_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Callers arrive through Modal's relay, so they would all share one client address."""
+    monkeypatch.setenv("WHISPERWIRE_TOKEN", "t0ken")
+    monkeypatch.delenv("WHISPERWIRE_MAX_STREAMS_PER_CLIENT", raising=False)
+    assert container_settings(tmp_path, port=50051, grace=30).max_streams_per_client == 0
+    monkeypatch.setenv("WHISPERWIRE_MAX_STREAMS_PER_CLIENT", "8")
+    assert container_settings(tmp_path, port=50051, grace=30).max_streams_per_client == 8
 
 
 def test_without_a_token_nothing_is_started_or_exposed(tiny_engine: Engine, tmp_path: Path) -> None:

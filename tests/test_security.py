@@ -1,9 +1,7 @@
 """Security: a token whenever the server is reachable beyond loopback, an exact bearer-token
-match compared in constant time, no work for unauthenticated calls, and requests whose
-fields are data only (no path, file, model or command field; file bytes never open files).
-
-Not here: a per-client stream limit. The server has only the global one (max_streams,
-tested in test_faults.py and test_server_ops.py); one client can take every stream.
+match compared in constant time, no work for unauthenticated calls, a stream limit per client
+address, and requests whose fields are data only (no path, file, model or command field;
+file bytes never open files).
 """
 
 from __future__ import annotations
@@ -33,10 +31,12 @@ from tests.grpc_helpers import (
 from tests.grpc_helpers import stub as make_stub
 from tests.load.serve_process import WHISPERWIRE, ServeProcess
 from tests.speech import HESTER, load_pcm16k, to_s16le, wer
+from whisperwire.client.call_status import ServerStatus
 from whisperwire.server import auth
 from whisperwire.server.app import ConfigurationError, RunningServer, check_exposure
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
+from whisperwire.server.servicer import client_address
 from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
 
@@ -180,16 +180,17 @@ async def test_unauthenticated_calls_do_no_work(tiny_engine: Tiny) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as unary:
             await stub.Transcribe(pb.TranscribeRequest(audio_content=HESTER.read()))
         call = stub.StreamAudio()
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            for request in [config, *audio, END]:  # the server may refuse before the end
-                await call.write(request)
-        streamed = await call.code()
+        refusal = ServerStatus(call)  # keeps the status from a racing write (grpc#36066)
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                for request in [config, *audio, END]:  # the server may refuse before the end
+                    await call.write(request)
+            await call.read()
         after = _work_done(running)
 
         assert unary.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        # grpcio's asyncio client may report INTERNAL instead when it was still writing as
-        # the server refused the call (grpc/grpc#36066); the server refused it either way.
-        assert streamed in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL)
+        refused = refusal.error_for(streamed.value)
+        assert refused is not None and refused.code() == grpc.StatusCode.UNAUTHENTICATED
         assert after == before  # no engine call, no call reached the servicer
         assert not running.state.streams
         good = (("authorization", f"Bearer {TOKEN}"),)
@@ -209,6 +210,73 @@ def _work_done(running: RunningServer) -> tuple[Any, ...]:
         if sample.name.endswith("_total")
     )
     return registry.get_sample_value("whisperwire_batch_size_count"), finished
+
+
+# ---- streams per client ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("peer", "client"),
+    [
+        ("ipv4:10.0.0.7:51234", "ipv4:10.0.0.7"),
+        ("ipv6:[2001:db8::1]:443", "ipv6:[2001:db8::1]"),
+        ("ipv6:%5B::1%5D:5000", "ipv6:%5B::1%5D"),
+        ("unix:/run/whisperwire.sock", "unix:/run/whisperwire.sock"),
+    ],
+)
+def test_a_client_is_its_address_without_the_port(peer: str, client: str) -> None:
+    assert client_address(peer) == client
+
+
+async def test_one_client_cannot_take_every_stream(tiny_engine: Tiny) -> None:
+    """Two streams per address: the third from 127.0.0.1 is refused with RetryInfo while
+    a caller from ::1 still gets in; a closed stream frees its slot."""
+    good = (("authorization", f"Bearer {TOKEN}"),)
+    limits = {"host": "::", "token": TOKEN, "max_streams_per_client": 2}
+    async with (
+        serving(*tiny_engine, **limits) as (running, ipv4),
+        grpc.aio.insecure_channel(f"[::1]:{running.port}") as ipv6,
+    ):
+        held = [await _started_stream(ipv4, good) for _ in range(2)]
+        refused = await _refusal(ipv4, good)
+        other_client = await _started_stream(ipv6, good)
+        held[0].cancel()
+        assert await _until(lambda: len(running.state.streams) == 2)
+        again = await _started_stream(ipv4, good)
+        for call in [*held[1:], other_client, again]:
+            call.cancel()
+
+    code, reason, _, retry = error_info(refused)
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CLIENT_STREAM_LIMIT")
+    assert retry is not None and retry > 0
+    assert "ipv4:127.0.0.1" in (refused.details() or "")
+
+
+async def _started_stream(channel: grpc.aio.Channel, metadata: Any) -> Any:
+    call = make_stub(channel).StreamAudio(metadata=metadata)
+    await call.write(config_request(language="en"))
+    first = await call.read()
+    assert first.WhichOneof("event") == "session_started"
+    return call
+
+
+async def _refusal(channel: grpc.aio.Channel, metadata: Any) -> grpc.aio.AioRpcError:
+    call = make_stub(channel).StreamAudio(metadata=metadata)
+    status = ServerStatus(call)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.write(config_request(language="en"))
+        await call.read()
+    error = status.error_for(raised.value)
+    assert error is not None
+    return error
+
+
+async def _until(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 # ---- requests carry data, never places --------------------------------------------------

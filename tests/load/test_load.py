@@ -105,6 +105,8 @@ def server() -> Iterator[ServeProcess]:
     running = ServeProcess.start(
         "--max-streams",
         str(max(512, STREAMS + 16)),
+        "--max-streams-per-client",
+        "0",  # every simulated caller shares this process's address
         "--max-queue",
         "4096",
         "--threads",

@@ -171,6 +171,7 @@ def limits(message: pb.ServiceLimits) -> ServiceLimits:
         max_request_bytes=message.max_request_bytes,
         max_audio_duration=seconds(message.max_audio_duration),
         max_batch_size=message.max_batch_size,
+        max_streams_per_client=message.max_streams_per_client,
     )
 
 

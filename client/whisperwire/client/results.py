@@ -119,6 +119,7 @@ class ServiceLimits:
     max_request_bytes: int
     max_audio_duration: float
     max_batch_size: int
+    max_streams_per_client: int = 0
 
 
 @dataclass(frozen=True)

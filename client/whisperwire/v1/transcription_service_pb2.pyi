@@ -143,7 +143,7 @@ class ProcessingTimings(_message.Message):
     def __init__(self, decode_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., feature_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., queue_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., inference_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ServiceLimits(_message.Message):
-    __slots__ = ("max_concurrent_streams", "max_stream_duration", "idle_timeout", "max_chunk_bytes", "max_request_bytes", "max_audio_duration", "max_batch_size")
+    __slots__ = ("max_concurrent_streams", "max_stream_duration", "idle_timeout", "max_chunk_bytes", "max_request_bytes", "max_audio_duration", "max_batch_size", "max_streams_per_client")
     MAX_CONCURRENT_STREAMS_FIELD_NUMBER: _ClassVar[int]
     MAX_STREAM_DURATION_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class ServiceLimits(_message.Message):
     MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_AUDIO_DURATION_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
     max_concurrent_streams: int
     max_stream_duration: _duration_pb2.Duration
     idle_timeout: _duration_pb2.Duration
@@ -158,7 +159,8 @@ class ServiceLimits(_message.Message):
     max_request_bytes: int
     max_audio_duration: _duration_pb2.Duration
     max_batch_size: int
-    def __init__(self, max_concurrent_streams: _Optional[int] = ..., max_stream_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_chunk_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    max_streams_per_client: int
+    def __init__(self, max_concurrent_streams: _Optional[int] = ..., max_stream_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_chunk_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_streams_per_client: _Optional[int] = ...) -> None: ...
 
 class ServiceDefaults(_message.Message):
     __slots__ = ("recognition", "audio_format", "partial_interval")

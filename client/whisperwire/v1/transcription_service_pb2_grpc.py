@@ -54,8 +54,9 @@ class TranscriptionServiceStub:
     than ServiceLimits.max_stream_duration), IDLE_TIMEOUT (no message for
     ServiceLimits.idle_timeout).
     - RESOURCE_EXHAUSTED (with RetryInfo): SERVER_BUSY (too many streams or a
-    full queue). A message over the size limit is rejected by gRPC itself,
-    with no ErrorInfo.
+    full queue), CLIENT_STREAM_LIMIT (this client already holds
+    ServiceLimits.max_streams_per_client streams). A message over the size
+    limit is rejected by gRPC itself, with no ErrorInfo.
     - UNAVAILABLE (with RetryInfo; safe to retry): ENGINE_NOT_READY (warming up),
     SERVER_DRAINING (shutting down).
     - INTERNAL: ENGINE_FAILURE.
@@ -117,8 +118,9 @@ class TranscriptionServiceServicer:
     than ServiceLimits.max_stream_duration), IDLE_TIMEOUT (no message for
     ServiceLimits.idle_timeout).
     - RESOURCE_EXHAUSTED (with RetryInfo): SERVER_BUSY (too many streams or a
-    full queue). A message over the size limit is rejected by gRPC itself,
-    with no ErrorInfo.
+    full queue), CLIENT_STREAM_LIMIT (this client already holds
+    ServiceLimits.max_streams_per_client streams). A message over the size
+    limit is rejected by gRPC itself, with no ErrorInfo.
     - UNAVAILABLE (with RetryInfo; safe to retry): ENGINE_NOT_READY (warming up),
     SERVER_DRAINING (shutting down).
     - INTERNAL: ENGINE_FAILURE.
@@ -211,8 +213,9 @@ class TranscriptionService:
     than ServiceLimits.max_stream_duration), IDLE_TIMEOUT (no message for
     ServiceLimits.idle_timeout).
     - RESOURCE_EXHAUSTED (with RetryInfo): SERVER_BUSY (too many streams or a
-    full queue). A message over the size limit is rejected by gRPC itself,
-    with no ErrorInfo.
+    full queue), CLIENT_STREAM_LIMIT (this client already holds
+    ServiceLimits.max_streams_per_client streams). A message over the size
+    limit is rejected by gRPC itself, with no ErrorInfo.
     - UNAVAILABLE (with RetryInfo; safe to retry): ENGINE_NOT_READY (warming up),
     SERVER_DRAINING (shutting down).
     - INTERNAL: ENGINE_FAILURE.

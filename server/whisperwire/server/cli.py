@@ -31,6 +31,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("batch-wait-ms", float, "when idle, wait this long for a batch to fill (default 0)"),
     ("max-queue", int, "queued windows before RESOURCE_EXHAUSTED (default 512)"),
     ("max-streams", int, "concurrent StreamAudio calls (default 256)"),
+    ("max-streams-per-client", int, "concurrent streams from one client IP (default 64; 0 = off)"),
     ("max-stream-seconds", float, "longest stream, wall clock (default 3600)"),
     ("idle-timeout-seconds", float, "end streams silent this long (default 300)"),
     ("max-chunk-bytes", int, "largest audio chunk (default 65536)"),

@@ -42,6 +42,9 @@ class ServerSettings(BaseSettings):
     """Queued engine work items beyond which calls get RESOURCE_EXHAUSTED."""
 
     max_streams: int = Field(256, ge=1)
+    max_streams_per_client: int = Field(64, ge=0)
+    """Concurrent StreamAudio calls from one client IP address; 0 = no per-client limit.
+    Behind a proxy or tunnel that hides client addresses every client shares one count."""
     max_stream_seconds: float = 3600.0
     idle_timeout_seconds: float = 300.0
     max_chunk_bytes: int = 64 * 1024

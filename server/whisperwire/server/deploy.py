@@ -400,7 +400,9 @@ def _build_dirs(engines_root: Path) -> list[Path]:
 def container_settings(engine_dir: Path, *, port: int, grace: float) -> ServerSettings:
     """Settings of a GPU container: TensorRT-LLM engines, all interfaces, token from the env.
 
-    Every other WHISPERWIRE_* variable (e.g. in the Secret) still applies.
+    Every other WHISPERWIRE_* variable (e.g. in the Secret) still applies. The per-client
+    stream limit is off unless set there: every caller arrives through Modal's relay, so all
+    would share one client address.
     """
     overrides: dict[str, Any] = {
         "engine": "trtllm",
@@ -410,4 +412,6 @@ def container_settings(engine_dir: Path, *, port: int, grace: float) -> ServerSe
         "port": port,
         "grace_seconds": grace,
     }
+    if "WHISPERWIRE_MAX_STREAMS_PER_CLIENT" not in os.environ:
+        overrides["max_streams_per_client"] = 0
     return ServerSettings(**overrides)

@@ -102,6 +102,12 @@ class BusyError(WhisperwireError):
         self.retry_after = retry_after
 
 
+class ClientStreamLimitError(BusyError):
+    """One client holds its share of the streams (RESOURCE_EXHAUSTED with RetryInfo)."""
+
+    reason = "CLIENT_STREAM_LIMIT"
+
+
 class UnavailableError(WhisperwireError):
     """Not serving right now (maps to UNAVAILABLE: ENGINE_NOT_READY, SERVER_DRAINING)."""
 

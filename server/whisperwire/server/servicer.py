@@ -19,6 +19,7 @@ from whisperwire.server.domain import DecodeOptions, Transcript
 from whisperwire.server.engine import EngineInfo
 from whisperwire.server.errors import (
     BusyError,
+    ClientStreamLimitError,
     EmptyAudioError,
     InternalError,
     ProtocolError,
@@ -118,7 +119,7 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         request_iterator: AsyncIterator[pb.StreamAudioRequest],
         context: grpc.aio.ServicerContext[pb.StreamAudioRequest, pb.StreamAudioResponse],
     ) -> AsyncIterator[pb.StreamAudioResponse]:
-        call = StreamCall(self.pipeline, self.state, self.metrics)
+        call = StreamCall(self.pipeline, self.state, self.metrics, client_address(context.peer()))
         with self._outcome("StreamAudio", call.session_id) as outcome:
             async for response in call.run(request_iterator):
                 yield response
@@ -208,9 +209,12 @@ class _Outcome:
 class StreamCall:
     """One StreamAudio call: the config-first rule, limits, and the reader/writer pair."""
 
-    def __init__(self, pipeline: SpeechPipeline, state: ServerState, metrics: Metrics) -> None:
+    def __init__(
+        self, pipeline: SpeechPipeline, state: ServerState, metrics: Metrics, client: str
+    ) -> None:
         self.pipeline, self.state, self.metrics = pipeline, state, metrics
         self.settings = state.settings
+        self.client = client
         self.session_id = uuid.uuid4().hex
         self.session: StreamSession | None = None
         self._end_error: WhisperwireError | None = None
@@ -254,9 +258,14 @@ class StreamCall:
 
     def _check_admission(self) -> None:
         self.state.check_serving()
-        if len(self.state.streams) >= self.settings.max_streams:
-            raise BusyError(
-                f"the limit of {self.settings.max_streams} open streams is reached",
+        s = self.settings
+        if len(self.state.streams) >= s.max_streams:
+            raise BusyError(f"the limit of {s.max_streams} open streams is reached", retry_after=5)
+        mine = sum(1 for call in self.state.streams if call.client == self.client)
+        if s.max_streams_per_client and mine >= s.max_streams_per_client:
+            raise ClientStreamLimitError(
+                f"this client ({self.client}) already has {mine} open streams, the limit per "
+                "client",
                 retry_after=5.0,
             )
 
@@ -378,6 +387,14 @@ class StreamCall:
             await asyncio.sleep(min(idle_left, stream_left) + 0.01)
 
 
+def client_address(peer: str) -> str:
+    """The client's address without its port: 'ipv4:10.0.0.7:51234' -> 'ipv4:10.0.0.7'."""
+    kind, _, address = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer  # unix sockets and the like: the whole peer string
+    return f"{kind}:{address.rpartition(':')[0]}"
+
+
 def _reject_word_timestamps(config: pb.RecognitionConfig, engine: EngineInfo) -> None:
     if config.enable_word_timestamps and not engine.supports_word_timestamps:
         from whisperwire.server.errors import InvalidOptionError
@@ -391,6 +408,7 @@ def _reject_word_timestamps(config: pb.RecognitionConfig, engine: EngineInfo) ->
 def service_limits(s: ServerSettings, info: EngineInfo) -> pb.ServiceLimits:
     return pb.ServiceLimits(
         max_concurrent_streams=s.max_streams,
+        max_streams_per_client=s.max_streams_per_client,
         max_stream_duration=convert.duration(s.max_stream_seconds),
         idle_timeout=convert.duration(s.idle_timeout_seconds),
         max_chunk_bytes=s.max_chunk_bytes,

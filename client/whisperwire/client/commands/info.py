@@ -53,7 +53,8 @@ def describe(info: ServiceInfo, health: str) -> list[str]:
         f"words {_yes(info.supports_word_timestamps)}",
         f"defaults    beam size {info.default_beam_size}, "
         f"partial interval {info.default_partial_interval:g} s",
-        f"limits      {limits.max_concurrent_streams} streams, "
+        f"limits      {limits.max_concurrent_streams} streams"
+        f" ({_per_client(limits.max_streams_per_client)}), "
         f"{limits.max_request_bytes // (1024 * 1024)} MiB per request, "
         f"{limits.max_audio_duration:g} s audio, {limits.max_chunk_bytes} B per chunk, "
         f"idle timeout {limits.idle_timeout:g} s, stream up to {limits.max_stream_duration:g} s",
@@ -66,3 +67,7 @@ def _server_name(version: str) -> str:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def _per_client(limit: int) -> str:
+    return f"{limit} per client" if limit else "no per-client limit"
