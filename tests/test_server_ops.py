@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+import threadpoolctl
 
 from tests.grpc_helpers import (
     END,
@@ -22,6 +23,7 @@ from tests.grpc_helpers import (
     stub,
 )
 from tests.speech import HESTER, JFK, load_pcm16k, to_s16le, wer
+from whisperwire.server.app import RunningServer
 from whisperwire.server.engine import Features, Generation, GenerationParams
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
 from whisperwire.server.tokenizer import WhisperTokenizer
@@ -158,6 +160,13 @@ async def test_metrics_endpoint(tiny_engine: Tiny) -> None:
         'whisperwire_requests_total{code="OK",method="StreamAudio"}',
     ):
         assert name in body, name
+
+
+def test_the_server_runs_numpy_blas_on_one_thread(tiny_server: RunningServer) -> None:
+    """Log-mel's BLAS call is cheaper on one thread; the engine's OpenMP pool keeps its own."""
+    pools = threadpoolctl.threadpool_info()
+    assert {p["num_threads"] for p in pools if p["user_api"] == "blas"} == {1}
+    assert any(p["user_api"] == "openmp" and p["num_threads"] >= 2 for p in pools)
 
 
 async def _stream_failure(

@@ -17,6 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from threadpoolctl import threadpool_limits
 
 from whisperwire.server.auth import BearerTokenInterceptor
 from whisperwire.server.config import ServerSettings
@@ -117,6 +118,10 @@ async def start_server(
     warm_up: bool = True,
 ) -> RunningServer:
     check_exposure(settings)
+    # Log-mel's matrix product costs ~40 % less CPU on one BLAS thread than on OpenBLAS's
+    # spinning pool, at the same wall time, and the engine already has the cores. Only
+    # numpy's BLAS is affected: CTranslate2 threads through its own OpenMP runtime.
+    threadpool_limits(limits=1, user_api="blas")
     metrics = Metrics()
     scheduler = BatchScheduler(
         engine,
