@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,25 +98,33 @@ def _max_length(new_tokens: int, prompt_length: int) -> int:
 
 
 class _EncoderCache:
-    """Encoder outputs of recently seen feature arrays, by identity (LRU, weakly held)."""
+    """Encoder outputs of the feature arrays still alive, by identity. An entry goes as soon
+    as its window's features are freed (the pipeline drops them once the window is done),
+    so the cache holds only windows in flight; `size` bounds it if callers keep many."""
 
     def __init__(self, size: int = 64) -> None:
         self._size = size
-        self._rows: OrderedDict[int, tuple[weakref.ref[Features], npt.NDArray[np.float32]]] = (
-            OrderedDict()
-        )
+        self._rows: dict[int, tuple[weakref.ref[Features], npt.NDArray[np.float32]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
     def get(self, features: Features) -> npt.NDArray[np.float32] | None:
         entry = self._rows.get(id(features))
         if entry is None or entry[0]() is not features:
             return None
-        self._rows.move_to_end(id(features))
         return entry[1]
 
     def put(self, features: Features, row: npt.NDArray[np.float32]) -> None:
-        self._rows[id(features)] = (weakref.ref(features), row)
-        while len(self._rows) > self._size:
-            self._rows.popitem(last=False)
+        key = id(features)
+        self._rows[key] = (weakref.ref(features, lambda ref: self._forget(key, ref)), row)
+        while len(self._rows) > self._size:  # oldest first: dicts keep insertion order
+            self._rows.pop(next(iter(self._rows)), None)
+
+    def _forget(self, key: int, ref: weakref.ref[Features]) -> None:
+        entry = self._rows.get(key)
+        if entry is not None and entry[0] is ref:  # not a newer array that reuses the id
+            self._rows.pop(key, None)
 
 
 def _storage(features: Sequence[Features]) -> ctranslate2.StorageView:
