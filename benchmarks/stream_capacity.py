@@ -69,7 +69,10 @@ async def server_main(args: argparse.Namespace) -> None:
 
     requests, out = worker_channel()
     engine, tokenizer = instant_engine_and_tokenizer()
-    settings = ServerSettings(port=0, max_streams=max(256, 2 * args.max_streams))
+    # One client process plays every caller: the per-address limit would refuse most of them.
+    settings = ServerSettings(
+        port=0, max_streams=max(256, 2 * args.max_streams), max_streams_per_client=0
+    )
     await serve_worker(requests, out, settings, engine, tokenizer)
 
 
