@@ -20,11 +20,7 @@ run() {
 
 run benchmarks.pipeline_vs_faster_whisper
 run benchmarks.service_latency
-# Diagnostic: the service overhead without the scheduler's 5 ms batching wait.
-run benchmarks.service_latency --models instant --batch-wait-ms 0 --tag wait0
 run benchmarks.stream_capacity
-# Diagnostic: the same server with numpy's OpenBLAS on one thread (log-mel of every final).
-run benchmarks.stream_capacity --streams 10,50 --server-env OPENBLAS_NUM_THREADS=1 --tag openblas1
 run benchmarks.scaling
 run benchmarks.summary
 run benchmarks.plot
