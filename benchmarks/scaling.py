@@ -15,7 +15,7 @@ counts as correct; a final closer to another clip than to its own is cross-talk)
 CPU (/proc/<pid>/stat), the foreign load (load.py) and the server's memory: VmHWM and VmRSS at
 idle, VmRSS sampled every 0.5 s during each level, VmHWM after it.
 
-    python -m benchmarks.scaling                       # tiny.en, N = 1..32, ~9 min
+    python -m benchmarks.scaling                       # tiny.en, N = 1..32, ~8 min
     python -m benchmarks.scaling --models tiny.en,base --streams 1,8,32 --seconds 40
 """
 
@@ -82,8 +82,13 @@ async def server_main(args: argparse.Namespace) -> None:
     from whisperwire.server.config import ServerSettings
 
     requests, out = worker_channel()
+    # One client process plays every caller: no per-address stream limit.
     settings = ServerSettings(
-        port=0, model=args.model, threads=args.threads, max_streams=max(256, args.max_streams)
+        port=0,
+        model=args.model,
+        threads=args.threads,
+        max_streams=max(256, args.max_streams),
+        max_streams_per_client=0,
     )
     engine, tokenizer = load_engine(settings)
     await serve_worker(requests, out, settings, engine, tokenizer)
@@ -383,12 +388,10 @@ def bench_model(args: argparse.Namespace, model: str) -> dict[str, Any]:
         idle = idle_memory(procs.server_pid)
         print(f"{model}: idle VmRSS {idle['vm_rss_mib']:.0f} MiB, VmHWM {idle['vm_hwm_mib']:.0f}")
         levels: list[dict[str, Any]] = []
-        quiet = ForeignLoad(procs.pids)
+        busy: list[dict[str, Any]] = []
         for r in range(args.repeats):
             for n in levels_in_order(args.streams, r):
-                waited = quiet.wait_quiet(args.quiet_wait)  # returns at once if quiet
-                levels.append({**measure_level(procs, args, n), "waited_s": waited})
-                print(levels_table(levels[-1:]).split("\n")[-1], flush=True)
+                levels.append(measure_quietest(procs, args, n, busy))
         client_rss = procs.client.close()["peak_rss_mib"]
         server_rss = procs.server.close()["peak_rss_mib"]
     finally:
@@ -396,8 +399,27 @@ def bench_model(args: argparse.Namespace, model: str) -> dict[str, Any]:
     return {
         "idle": idle,
         "levels": levels,
+        "busy_runs": busy,
         "peak_rss_mib": {"server": server_rss, "client": client_rss},
     }
+
+
+def measure_quietest(
+    procs: Processes, args: argparse.Namespace, n: int, busy: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One level; a run during which other processes used the machine is measured again (up
+    to --retry-busy times, each after waiting for quiet): the quietest run is kept, the
+    others go to `busy` (they stay in the results file, out of the statistics)."""
+    quiet, runs = ForeignLoad(procs.pids), []
+    for _ in range(1 + args.retry_busy):
+        waited = quiet.wait_quiet(args.quiet_wait)  # returns at once if quiet
+        runs.append({**measure_level(procs, args, n), "waited_s": waited})
+        print(levels_table(runs[-1:]).split("\n")[-1], flush=True)
+        if runs[-1]["foreign"] <= QUIET:
+            break
+    kept = min(runs, key=lambda run: run["foreign"])
+    busy += [run for run in runs if run is not kept]
+    return kept
 
 
 # ---- tables and figures -------------------------------------------------------------------
@@ -465,7 +487,10 @@ def figures_for(model: str, result: dict[str, Any], tag: str) -> list[Figure]:
     ns = sorted({lv["streams"] for lv in levels})
     low, high = pooled(levels, ns[0]), pooled(levels, ns[-1])
     suffix = f", {model}" + (f" [{tag}]" if tag else "")
-    quiet = f"quiet runs {high['quiet_runs']}/{high['runs']} at {ns[-1]}"
+    redone = len(result.get("busy_runs", []))
+    quiet = (
+        f"quiet runs {high['quiet_runs']}/{high['runs']} at {ns[-1]}; busy runs redone: {redone}"
+    )
     figures = [
         Figure(
             f"release→final p50, {ns[-1]} real-time streams{suffix}",
@@ -568,7 +593,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=0.5, help="s between final and next talk")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="passes over the levels")
-    add_quiet_wait(parser, 10.0, "each level")
+    add_quiet_wait(parser, 30.0, "each level")
+    parser.add_argument(
+        "--retry-busy",
+        type=int,
+        default=1,
+        help="measure a level again (at most this many times) if others used > 10 %% of the CPU",
+    )
     add_tag_and_roles(parser, "scaling", max_streams=32)
     parser.add_argument("--model", default="tiny.en", help=argparse.SUPPRESS)  # server role
     return parser.parse_args(argv)
