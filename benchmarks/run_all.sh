@@ -22,5 +22,6 @@ run benchmarks.pipeline_vs_faster_whisper
 run benchmarks.service_latency
 run benchmarks.stream_capacity
 run benchmarks.scaling
+run benchmarks.batch_memory
 run benchmarks.summary
 run benchmarks.plot
