@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from tests.speech import chunks
 from whisperwire.client.call_status import ServerStatus
+from whisperwire.client.errors import from_rpc_error
 from whisperwire.server.app import RunningServer, start_server
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.tokenizer import WhisperTokenizer
@@ -65,23 +64,10 @@ def finals(responses: list[pb.StreamAudioResponse]) -> list[pb.StreamAudioRespon
 
 
 def error_info(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, list[str], float | None]:
-    """(code, ErrorInfo.reason, BadRequest fields, RetryInfo delay) of a failed call."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    reason, fields, retry = "", [], None
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields = [v.field for v in bad.field_violations]
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info_retry = error_details_pb2.RetryInfo()
-            detail.Unpack(info_retry)
-            retry = info_retry.retry_delay.ToNanoseconds() / 1e9
-    return error.code(), reason, fields, retry
+    """(code, ErrorInfo.reason, BadRequest fields, RetryInfo delay) of a failed call, read by
+    the SDK's own parser."""
+    parsed = from_rpc_error(error)
+    return parsed.code, parsed.reason, list(parsed.fields), parsed.retry_delay
 
 
 @contextlib.asynccontextmanager

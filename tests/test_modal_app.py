@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import signal
 import subprocess
@@ -36,7 +35,12 @@ import engine_builder.build
 import whisperwire_modal as app
 from engine_builder import EngineDirError
 from engine_builder.catalog import WhisperModel
-from tests.engine_builder.builder_support import FakeTrtllmBuild, FileServer, serve_files
+from tests.engine_builder.builder_support import (
+    FakeTrtllmBuild,
+    FileServer,
+    install_fake_trtllm_build,
+    serve_files,
+)
 from tests.engine_builder.openai_layout import TINY_DIMS, random_state
 from tests.speech import HESTER, JFK, NIGHTFALL, wer
 from tests.test_modal_standins import DictStandIn, LoopbackForward
@@ -46,7 +50,6 @@ from whisperwire.server import deploy
 
 REPO = Path(__file__).resolve().parents[1]
 APP_FILE = REPO / "whisperwire_modal.py"
-FAKE_TRTLLM_BUILD = REPO / "tests" / "engine_builder" / "fake_trtllm_build.py"
 TOKEN = "modal-app-test-token"
 # `.local()` warns that the Volume is not mounted: here a temporary directory stands in for it.
 pytestmark = pytest.mark.filterwarnings("ignore:.*executing locally.*:UserWarning")
@@ -245,16 +248,7 @@ class VolumeStandIn:
 
 @pytest.fixture
 def fake_trtllm_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTrtllmBuild:
-    """The strict fake `trtllm-build` first on PATH, recording each call."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    executable = bin_dir / "trtllm-build"
-    executable.write_text(f"#!{sys.executable}\n{FAKE_TRTLLM_BUILD.read_text()}")
-    executable.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    log = tmp_path / "trtllm-build-calls.jsonl"
-    monkeypatch.setenv("FAKE_TRTLLM_BUILD_LOG", str(log))
-    return FakeTrtllmBuild(log)
+    return install_fake_trtllm_build(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from engine_builder.catalog import RemoteFile
 
@@ -104,3 +108,20 @@ class FakeTrtllmBuild:
         if not self.log.exists():
             return []
         return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+FAKE_TRTLLM_BUILD = Path(__file__).with_name("fake_trtllm_build.py")
+
+
+def install_fake_trtllm_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTrtllmBuild:
+    """Put the strict fake `trtllm-build` first on PATH; it logs each call's arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    executable = bin_dir / "trtllm-build"
+    executable.write_text(f"#!{sys.executable}\n{FAKE_TRTLLM_BUILD.read_text()}")
+    executable.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    log = tmp_path / "trtllm-build-calls.jsonl"
+    monkeypatch.setenv("FAKE_TRTLLM_BUILD_LOG", str(log))
+    monkeypatch.delenv("FAKE_TRTLLM_BUILD_FAIL", raising=False)
+    return FakeTrtllmBuild(log)

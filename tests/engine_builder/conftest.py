@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from builder_support import FakeTrtllmBuild, FileServer, serve_files
+from builder_support import FakeTrtllmBuild, FileServer, install_fake_trtllm_build, serve_files
 from openai_layout import TINY_DIMS, random_state
 
 from engine_builder.catalog import WhisperModel
-
-FAKE_TRTLLM_BUILD = Path(__file__).with_name("fake_trtllm_build.py")
 
 
 @pytest.fixture(scope="session")
@@ -53,17 +50,7 @@ def tiny_source(file_server: FileServer, tiny_checkpoint: Path) -> WhisperModel:
 
 @pytest.fixture
 def fake_trtllm_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTrtllmBuild:
-    """Put an executable `trtllm-build` (the strict fake) first on PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    executable = bin_dir / "trtllm-build"
-    executable.write_text(f"#!{sys.executable}\n{FAKE_TRTLLM_BUILD.read_text()}")
-    executable.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    log = tmp_path / "trtllm-build-calls.jsonl"
-    monkeypatch.setenv("FAKE_TRTLLM_BUILD_LOG", str(log))
-    monkeypatch.delenv("FAKE_TRTLLM_BUILD_FAIL", raising=False)
-    return FakeTrtllmBuild(log)
+    return install_fake_trtllm_build(tmp_path, monkeypatch)
 
 
 @pytest.fixture
