@@ -1,9 +1,11 @@
 """The TensorRT-LLM adapter, through a strict contract double of ModelRunnerCpp.
 
-(a) The double rejects each documented contract violation (the trtllm.md section is in each
-case's name), so a call that passes it means something. (b) The adapter behind the seam
-transcribes real speech as accurately as the CPU engine. (c) Startup fails clearly on a bad
-installation or engine directory.
+(a) The double rejects each contract violation of docs/trtllm.md (the section is in each case's
+name) and behaves as the real runtime does where the adapter depends on it, so a call that
+passes it means something. (b) The adapter behind the seam transcribes real speech as
+accurately as the CPU engine, recovers from a failed call, and reads language and no-speech
+probabilities as Whisper does. (c) Startup fails clearly on a bad installation or engine
+directory.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,11 +28,11 @@ from tests.speech import CHINESE, ENGLISH_CLIPS, JFK, corpus_wer, load_pcm16k, w
 from tests.trtllm_double.support import BASE, TINY_EN, double_importable, write_engine_dir
 from whisperwire.server.app import ConfigurationError
 from whisperwire.server.config import ServerSettings
-from whisperwire.server.domain import DecodeOptions
+from whisperwire.server.domain import DecodeOptions, Task
 from whisperwire.server.engine import GenerationParams
 from whisperwire.server.engines.trtllm import TrtLlmEngine
 from whisperwire.server.engines.trtllm_loader import load_trtllm_engine
-from whisperwire.server.errors import ModelNotFoundError
+from whisperwire.server.errors import EngineError, EngineLostError, ModelNotFoundError
 from whisperwire.server.features import window_features
 from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.runner import DirectRunner
@@ -88,12 +91,12 @@ def runner(runtime: ModuleType, tiny_engine_dir: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def jfk_mel(jfk_features: Any) -> torch.Tensor:
-    """What the engine takes: [frames, n_mels] float16 (§2)."""
+    """What the engine takes: [frames, n_mels] in the engine's dtype, float16 here."""
     return torch.from_numpy(jfk_features.T.copy()).half()
 
 
 def generate_kwargs(mel: torch.Tensor, batch: int = 1, **changes: Any) -> dict[str, Any]:
-    """A valid Whisper call (§2) with `changes` applied; a change to None drops the argument."""
+    """A valid Whisper call with `changes` applied; a change to None drops the argument."""
     kwargs: dict[str, Any] = {
         "batch_input_ids": [torch.tensor(PROMPT, dtype=torch.int32)] * batch,
         "encoder_input_features": [mel] * batch,
@@ -113,30 +116,92 @@ def generate_kwargs(mel: torch.Tensor, batch: int = 1, **changes: Any) -> dict[s
 def test_a_valid_call_answers_in_tensorrt_llms_layout(
     runner: Any, jfk_mel: torch.Tensor, tiny_en_dir: Path
 ) -> None:
-    """§2: output_ids int32 [batch, beams, max_seq_len] = prompt + generated, end_id-padded."""
-    out = runner.generate(**generate_kwargs(jfk_mel, batch=2))
+    """#outputs: output_ids int32 [batch, beams, max_seq_len] = prompt + generated, end_id-padded;
+    sequence_lengths exclude end-of-text; greedy log_probs are normalised to 0."""
+    out = runner.generate(**generate_kwargs(jfk_mel, batch=2, output_log_probs=True))
     assert out["output_ids"].dtype == torch.int32
     assert tuple(out["output_ids"].shape) == (2, 1, 448)
     assert tuple(out["sequence_lengths"].shape) == tuple(out["cum_log_probs"].shape) == (2, 1)
     length = int(out["sequence_lengths"][0, 0])
     row = out["output_ids"][0, 0].tolist()
     assert row[:2] == PROMPT
-    assert row[length - 1] == EOT and set(row[length:]) == {EOT}
+    assert row[length - 1] != EOT and set(row[length:]) == {EOT}
     text = WhisperTokenizer.from_dir(tiny_en_dir).decode(row[2:length])
     assert "ask not what your country can do for you" in text
     assert float(out["cum_log_probs"][0, 0]) < 0
+    assert torch.count_nonzero(out["log_probs"]) == 0
+    assert "generation_logits" not in out
+
+
+def test_generation_logits_need_both_switches(
+    runtime: ModuleType, runner: Any, tiny_engine_dir: Path, jfk_mel: torch.Tensor
+) -> None:
+    """#outputs: from_dir(gather_generation_logits) and generate(output_generation_logits)."""
+    probe = generate_kwargs(
+        jfk_mel, batch_input_ids=[torch.tensor([SOT], dtype=torch.int32)], max_new_tokens=1
+    )
+    with pytest.raises(runtime.ContractViolation, match="gather_generation_logits"):
+        runner.generate(**probe, output_generation_logits=True)
+    gathering = runtime.ModelRunnerCpp.from_dir(
+        str(tiny_engine_dir), **VALID_FROM_DIR, gather_generation_logits=True
+    )
+    assert "generation_logits" not in gathering.generate(**probe)
+    logits = gathering.generate(**probe, output_generation_logits=True)["generation_logits"]
+    assert tuple(logits.shape) == (1, 1, 1, 51864)
+
+
+def test_an_error_response_wedges_the_runner_until_drained_or_rebuilt(
+    runtime: ModuleType, tiny_engine_dir: Path, jfk_mel: torch.Tensor
+) -> None:
+    """#errors: the failed batch's other responses stay queued; the next call would hang."""
+    import datetime
+
+    runner = runtime.ModelRunnerCpp.from_dir(str(tiny_engine_dir), **VALID_FROM_DIR)
+    runner.fail_next_call("CUDA error: an illegal memory access")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        runner.generate(**generate_kwargs(jfk_mel, batch=3))
+    with pytest.raises(runtime.ContractViolation, match="2 stale responses"):
+        runner.generate(**generate_kwargs(jfk_mel, max_new_tokens=2))
+    assert len(runner.session.await_responses(timeout=datetime.timedelta(seconds=1))) == 2
+    runner.generate(**generate_kwargs(jfk_mel, max_new_tokens=2))  # drained: usable again
+    runner.session.shutdown()
+    with pytest.raises(runtime.ContractViolation, match="cannot enqueue"):
+        runner.generate(**generate_kwargs(jfk_mel, max_new_tokens=2))
+
+
+def test_options_the_double_cannot_emulate_are_refused_not_ignored(
+    runner: Any, jfk_mel: torch.Tensor
+) -> None:
+    with pytest.raises(NotImplementedError, match="repetition_penalty"):
+        runner.generate(**generate_kwargs(jfk_mel, repetition_penalty=1.2))
+    with pytest.raises(NotImplementedError, match="single tokens"):
+        runner.generate(**generate_kwargs(jfk_mel, bad_words_list=[[[262, 1499]]]))
+
+
+def test_bad_words_are_never_generated(
+    runner: Any, jfk_mel: torch.Tensor, tiny_en_dir: Path
+) -> None:
+    """#generate: a one-token bad word is banned at every step (Whisper's suppress_tokens)."""
+    tokenizer = WhisperTokenizer.from_dir(tiny_en_dir)
+    [country] = tokenizer.encode(" country")
+    plain = runner.generate(**generate_kwargs(jfk_mel))["output_ids"][0, 0].tolist()
+    banned = runner.generate(**generate_kwargs(jfk_mel, bad_words_list=[[[country]]]))
+    assert country in plain
+    assert country not in banned["output_ids"][0, 0].tolist()
 
 
 FROM_DIR_VIOLATIONS = [
-    pytest.param({"cross_kv_cache_fraction": 0.5}, "is_enc_dec", id="§1 is_enc_dec missing"),
+    pytest.param({"cross_kv_cache_fraction": 0.5}, "is_enc_dec", id="#from-dir is_enc_dec missing"),
     pytest.param(
-        {"is_enc_dec": True}, "cross_kv_cache_fraction", id="§1 #2419 cross_kv_cache_fraction"
+        {"is_enc_dec": True},
+        "cross_kv_cache_fraction",
+        id="#from-dir #2419 cross_kv_cache_fraction",
     ),
     pytest.param(
-        {**VALID_FROM_DIR, "max_batch_size": 16}, "max_batch_size 16", id="§1 max_batch_size"
+        {**VALID_FROM_DIR, "max_batch_size": 16}, "max_batch_size 16", id="#from-dir max_batch_size"
     ),
     pytest.param(
-        {**VALID_FROM_DIR, "max_beam_width": 5}, "max_beam_width 5", id="§1 max_beam_width"
+        {**VALID_FROM_DIR, "max_beam_width": 5}, "max_beam_width 5", id="#from-dir max_beam_width"
     ),
 ]
 
@@ -152,7 +217,7 @@ def test_from_dir_rejects(
 def test_from_dir_takes_only_its_documented_keywords(
     runtime: ModuleType, tiny_engine_dir: Path
 ) -> None:
-    """§1: everything after engine_dir is keyword-only; free_gpu_memory_fraction was renamed."""
+    """#from-dir: everything after engine_dir is keyword-only; no free_gpu_memory_fraction."""
     with pytest.raises(TypeError):
         runtime.ModelRunnerCpp.from_dir(str(tiny_engine_dir), True)
     with pytest.raises(TypeError):
@@ -164,7 +229,7 @@ def test_from_dir_takes_only_its_documented_keywords(
 def test_from_dir_needs_encoder_and_decoder_configs(
     runtime: ModuleType, tiny_engine_dir: Path, tmp_path: Path
 ) -> None:
-    """§1, §5: is_enc_dec reads encoder/config.json and decoder/config.json."""
+    """#from-dir: is_enc_dec reads encoder/config.json and decoder/config.json."""
     import shutil
 
     broken = shutil.copytree(tiny_engine_dir, tmp_path / "engine")
@@ -185,49 +250,61 @@ GENERATE_VIOLATIONS = [
     violation(
         lambda m: generate_kwargs(m, max_new_tokens=None),
         "max_new_tokens not passed",
-        "§2 max_new_tokens omitted (defaults to 1)",
+        "#generate max_new_tokens omitted (defaults to 1)",
     ),
-    violation(lambda m: generate_kwargs(m, end_id=None), "end_id", "§2 end_id omitted"),
-    violation(lambda m: generate_kwargs(m, pad_id=None), "pad_id", "§2 pad_id omitted"),
-    violation(lambda m: generate_kwargs(m.float()), "float16", "§2 float32 features"),
+    violation(lambda m: generate_kwargs(m, end_id=None), "end_id", "#generate end_id omitted"),
+    violation(lambda m: generate_kwargs(m, pad_id=None), "pad_id", "#generate pad_id omitted"),
     violation(
-        lambda m: generate_kwargs(m.T.contiguous()), r"got \[80, 3000\]", "§2 [n_mels, frames]"
+        lambda m: generate_kwargs(m.float()),
+        "Incompatible data types",
+        "#precision float32 features",
+    ),
+    violation(
+        lambda m: generate_kwargs(m.T.contiguous()),
+        r"got \[80, 3000\]",
+        "#generate [n_mels, frames]",
     ),
     violation(
         lambda m: generate_kwargs(m.repeat(1, 2)[:, :128]),
         r"got \[3000, 128\]",
-        "§3 n_mels unlike the encoder's",
+        "#engine-dir n_mels unlike the encoder's",
     ),
-    violation(lambda m: generate_kwargs(m[:2999]), "must be even", "§3 odd frame count"),
-    violation(lambda m: generate_kwargs(m[:8]), "outside 10..3000", "§5 under 10 frames"),
+    violation(lambda m: generate_kwargs(m[:2999]), "must be even", "#engine-dir odd frame count"),
+    violation(lambda m: generate_kwargs(m[:8]), "outside 10..3000", "#engine-dir under 10 frames"),
     violation(
-        lambda m: generate_kwargs(torch.cat([m, m[:2]])), "outside 10..3000", "§5 over 3000 frames"
+        lambda m: generate_kwargs(torch.cat([m, m[:2]])),
+        "outside 10..3000",
+        "#engine-dir over 3000 frames",
     ),
     violation(
         lambda m: generate_kwargs(m, encoder_output_lengths=[3000]),
         "encoder_output_lengths",
-        "§2 encoder_output_lengths not frames // 2",
+        "#generate encoder_output_lengths not frames // 2",
     ),
     violation(
-        lambda m: generate_kwargs(m, batch=9), "exceeds max_batch_size", "§7 sherpa#606 batch"
+        lambda m: generate_kwargs(m, batch=9),
+        "exceeds max_batch_size",
+        "#engine-dir sherpa#606 batch",
     ),
     violation(
         lambda m: generate_kwargs(m, batch_input_ids=_long_prompt(229)),
         "max_input_len",
-        "§5 prompt above the decoder's max_input_len",
+        "#engine-dir prompt above the decoder's max_input_len",
     ),
     violation(
         lambda m: generate_kwargs(m, max_new_tokens=447),
         "exceeds max_seq_len",
-        "§1 §5 prompt + max_new_tokens above max_seq_len",
+        "#engine-dir prompt + max_new_tokens above max_seq_len",
     ),
     violation(
-        lambda m: generate_kwargs(m, num_beams=5), "max_beam_width", "§1 num_beams above engine"
+        lambda m: generate_kwargs(m, num_beams=5),
+        "max_beam_width",
+        "#from-dir num_beams above engine",
     ),
     violation(
         lambda m: generate_kwargs(m, stopping_criteria=object()),
         "stopping_criteria",
-        "§2 stopping_criteria unsupported",
+        "#generate stopping_criteria unsupported",
     ),
 ]
 
@@ -245,7 +322,7 @@ def test_generate_rejects(
 
 
 def test_generate_takes_only_its_documented_arguments(runner: Any, jfk_mel: torch.Tensor) -> None:
-    """§2: only batch_input_ids is positional; unknown keywords fail (a typo is not ignored)."""
+    """Only batch_input_ids is positional; unknown keywords fail (a typo is not ignored)."""
     kwargs = generate_kwargs(jfk_mel)
     ids, features = kwargs.pop("batch_input_ids"), kwargs.pop("encoder_input_features")
     with pytest.raises(TypeError):
@@ -257,7 +334,7 @@ def test_generate_takes_only_its_documented_arguments(runner: Any, jfk_mel: torc
 def test_concurrent_generate_is_refused(
     runtime: ModuleType, runner: Any, jfk_mel: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """§2 concurrency caveat: a second thread's call while one runs would steal responses."""
+    """#serial: a second thread's call while one runs would steal responses."""
     errors: list[BaseException] = []
     ct2_model = runner._model
 
@@ -310,7 +387,7 @@ def test_engine_info_comes_from_the_engine_configs(
     info = engine.info
     assert (info.name, info.model, info.n_mels, info.device) == ("trtllm", "tiny.en", 80, "cuda")
     assert not info.multilingual and not tokenizer.multilingual
-    # §3: no timestamp rules in TensorRT-LLM; 32 asked, the engine was built for 8.
+    # #generate: no timestamp rules in TensorRT-LLM; 32 asked, the engine was built for 8.
     assert not info.supports_timestamps and not info.supports_word_timestamps
     assert info.max_batch_size == 8
 
@@ -371,7 +448,8 @@ def test_generation_params_are_fitted_to_the_engine(
     engine, tokenizer = tiny_trtllm
     [generation] = engine.generate([jfk_features], [PROMPT], params)
     assert wer(JFK.reference, tokenizer.decode(generation.token_ids)) <= MAX_WER
-    assert EOT not in generation.token_ids and generation.no_speech_prob is None
+    assert EOT not in generation.token_ids
+    assert generation.no_speech_prob is not None and generation.no_speech_prob < 0.5
     assert generation.cum_logprob is not None and generation.cum_logprob < 0
 
 
@@ -385,10 +463,111 @@ def test_sampling_reaches_the_engine(
         assert generation.token_ids and max(generation.token_ids) < tokenizer.eot
 
 
+def runner_of(engine: TrtLlmEngine) -> Any:
+    """The double behind the adapter (its test hooks and limits)."""
+    return engine._runner
+
+
+def test_a_failed_call_rebuilds_the_runner(
+    tiny_engine_dir: Path, runtime: ModuleType, jfk_features: Any
+) -> None:
+    """#errors: after a failure the wedged runner is shut down and a fresh one serves."""
+    engine, tokenizer = load_trtllm_engine(trtllm_settings(tiny_engine_dir))
+    wedged = runner_of(engine)
+    wedged.fail_next_call("Encoder output shape mismatch")
+    params = GenerationParams(max_new_tokens=40)
+    with pytest.raises(EngineError, match="shape mismatch"):
+        engine.generate([jfk_features] * 2, [PROMPT] * 2, params)
+    assert wedged.session.is_shut_down and runner_of(engine) is not wedged
+    [generation] = engine.generate([jfk_features], [PROMPT], params)
+    assert wer(JFK.reference, tokenizer.decode(generation.token_ids)) <= MAX_WER
+
+
+def test_a_runner_that_cannot_be_rebuilt_loses_the_engine(
+    tiny_engine_dir: Path, runtime: ModuleType, jfk_features: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = load_trtllm_engine(trtllm_settings(tiny_engine_dir))
+    runner_of(engine).fail_next_call("device lost")
+
+    def no_gpu_left() -> Any:
+        raise RuntimeError("CUDA error: no CUDA-capable device is detected")
+
+    monkeypatch.setattr(engine, "_make_runner", no_gpu_left)
+    params = GenerationParams(max_new_tokens=10)
+    with pytest.raises(EngineError, match="device lost"):
+        engine.generate([jfk_features], [PROMPT], params)
+    with pytest.raises(EngineLostError) as lost:
+        engine.generate([jfk_features], [PROMPT], params)
+    assert lost.value.reason == "ENGINE_LOST"
+
+
+def test_language_probabilities_are_a_softmax_over_language_tokens(
+    base_trtllm: tuple[TrtLlmEngine, WhisperTokenizer], jfk_features: Any
+) -> None:
+    """#probe: real probabilities over the languages, not the normalised greedy log-prob 0."""
+    engine, tokenizer = base_trtllm
+    [ranked] = engine.detect_language([jfk_features])
+    codes = [code for code, _ in ranked]
+    assert codes[0] == "en" and sorted(codes) == sorted(tokenizer.languages)
+    assert 0.5 < ranked[0][1] < 1.0
+    assert sum(p for _, p in ranked) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_no_speech_probability_matches_the_cpu_engine(
+    base_trtllm: tuple[TrtLlmEngine, WhisperTokenizer],
+    base_engine: tuple[Any, WhisperTokenizer],
+    jfk_features: Any,
+) -> None:
+    """#probe: silence is recognised as the CPU engine recognises it."""
+    silence = window_features(np.zeros(16000 * 5, dtype=np.float32), 80)
+    prompt = base_trtllm[1].prompt(language="en", task=Task.TRANSCRIBE, timestamps=False)
+    params = GenerationParams(max_new_tokens=40)
+    gpu = base_trtllm[0].generate([silence, jfk_features], [prompt] * 2, params)
+    cpu = base_engine[0].generate([silence, jfk_features], [prompt] * 2, params)
+    for mine, reference in zip(gpu, cpu, strict=True):
+        assert mine.no_speech_prob == pytest.approx(reference.no_speech_prob, abs=0.05)
+    silent, speech = (g.no_speech_prob or 0.0 for g in gpu)
+    assert silent > 0.5 > speech
+
+
+def test_features_go_in_the_encoder_engines_dtype(
+    runtime: ModuleType,
+    engines_root: Path,
+    tiny_en_dir: Path,
+    whisper_assets_dir: Path,
+    jfk_features: Any,
+) -> None:
+    """#precision: a bfloat16 engine refuses float16 features and gets bfloat16 ones."""
+    engine_dir = write_engine_dir(
+        engines_root / "bf16",
+        TINY_EN,
+        ct2_model_dir=tiny_en_dir,
+        assets_dir=whisper_assets_dir,
+        dtype="bfloat16",
+    )
+    runner = runtime.ModelRunnerCpp.from_dir(str(engine_dir), **VALID_FROM_DIR)
+    half = torch.from_numpy(jfk_features.T.copy()).half()
+    with pytest.raises(runtime.ContractViolation, match="Incompatible data types"):
+        runner.generate(**generate_kwargs(half))
+    engine, tokenizer = load_trtllm_engine(trtllm_settings(engine_dir))
+    [generation] = engine.generate([jfk_features], [PROMPT], GenerationParams(max_new_tokens=40))
+    assert wer(JFK.reference, tokenizer.decode(generation.token_ids)) <= MAX_WER
+
+
+def test_the_runner_is_sized_for_the_servers_beam_width(
+    runtime: ModuleType, tiny_engine_dir: Path
+) -> None:
+    """#from-dir: the KV cache is sized for the beams the server decodes with, not the engine's."""
+    engine, _ = load_trtllm_engine(trtllm_settings(tiny_engine_dir, default_beam_size=2))
+    assert runner_of(engine).max_beam_width == 2
+    narrow, _ = load_trtllm_engine(trtllm_settings(tiny_engine_dir))
+    assert runner_of(narrow).max_beam_width == 1
+
+
 async def test_a_long_initial_prompt_is_trimmed_to_the_engines_max_input_len(
     runtime: ModuleType, engines_root: Path, tiny_en_dir: Path, whisper_assets_dir: Path
 ) -> None:
-    """§5: the decoder's max_input_len caps the prompt; older context is dropped to fit."""
+    """#engine-dir: the decoder's max_input_len caps the prompt; older context is dropped."""
     small = write_engine_dir(
         engines_root / "small",
         TINY_EN,
@@ -479,6 +658,17 @@ def test_without_tensorrt_llm_startup_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # makes the import fail
     with pytest.raises(ConfigurationError) as raised:
         load_trtllm_engine(trtllm_settings(tiny_engine_dir))
-    assert "pip install 'whisperwire[trtllm]' --extra-index-url https://pypi.nvidia.com" in str(
+    assert "torch==2.9.1 torchvision --index-url https://download.pytorch.org/whl/cu130" in str(
         raised.value
     )
+    assert "tensorrt-llm==1.2.1 --extra-index-url https://pypi.nvidia.com" in str(raised.value)
+
+
+def test_a_torch_built_for_cuda_12_is_refused_with_the_recipe(
+    runtime: ModuleType, tiny_engine_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#install: PyPI's torch is a CUDA 12 build; TensorRT-LLM 1.2.1 needs CUDA 13."""
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with pytest.raises(ConfigurationError, match=r"built for CUDA 12\.8") as raised:
+        load_trtllm_engine(trtllm_settings(tiny_engine_dir))
+    assert "whl/cu130" in str(raised.value) and "pip check" in str(raised.value)

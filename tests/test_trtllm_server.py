@@ -1,7 +1,7 @@
 """The whole server on the TensorRT-LLM adapter: gRPC → scheduler → adapter → contract double.
 
-The double (tests/trtllm_double) checks every ModelRunnerCpp call against trtllm.md and computes
-the answer with the real tiny.en model, so these calls exercise the production GPU path's
+The double (tests/trtllm_double) checks every ModelRunnerCpp call against docs/trtllm.md and
+computes the answer with the real tiny.en model, so these calls exercise the production GPU path's
 wiring, batching and single-thread discipline on a CPU-only machine.
 """
 
@@ -106,7 +106,7 @@ async def test_segment_timestamps_are_refused_by_this_engine(channel: grpc.aio.C
     )
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub(channel).Transcribe(request)
-    # §3: TensorRT-LLM has no timestamp rules, so the adapter reports no timestamp support.
+    # docs/trtllm.md#generate: no timestamp rules in TensorRT-LLM, so none are offered.
     assert error_info(raised.value)[:3] == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_OPTION",

@@ -1,6 +1,6 @@
 """Test support for the TensorRT-LLM double: putting it on sys.path, and fake engine dirs.
 
-A fake engine directory has engine_builder's layout (§5 of trtllm.md) with TRT-LLM-style
+A fake engine directory has engine_builder's layout (docs/trtllm.md#engine-dir) with TRT-LLM-style
 configs, placeholder `rank0.engine` files, OpenAI's assets and a real manifest, plus the
 double's `double.json` naming the CTranslate2 model that computes the answers.
 """
@@ -83,18 +83,19 @@ def write_engine_dir(
     gpu_name: str = "NVIDIA A10G",
     options: BuildOptions | None = None,
     threads: int = 2,
+    dtype: str = "float16",
 ) -> Path:
     """A complete fake engine directory for `model` under `root`; returns its path."""
     options = options or BuildOptions()
-    engine_dir = root / f"{model.name}-float16-trtllm{trtllm_version}"
+    engine_dir = root / f"{model.name}-{dtype}-trtllm{trtllm_version}"
     _write_component(
         engine_dir / "encoder",
-        encoder_config(model.dims, "float16", None),
+        encoder_config(model.dims, dtype, None),
         _encoder_build_config(options),
     )
     _write_component(
         engine_dir / "decoder",
-        decoder_config(model.dims, "float16", "float16", None),
+        decoder_config(model.dims, dtype, "float16", None),
         _decoder_build_config(options),
     )
     (engine_dir / "assets").mkdir()

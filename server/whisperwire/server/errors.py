@@ -117,6 +117,15 @@ class UnavailableError(WhisperwireError):
         self.retry_after = retry_after
 
 
+class EngineLostError(UnavailableError):
+    """The engine can no longer serve: it overran the watchdog's bound (ENGINE_STALLED) or
+    could not be rebuilt after a failure (ENGINE_LOST). Health goes NOT_SERVING and the process
+    exits so that the platform replaces it; callers should retry on another replica."""
+
+    def __init__(self, message: str, *, reason: str = "ENGINE_LOST") -> None:
+        super().__init__(message, reason=reason, retry_after=1.0)
+
+
 class InternalError(WhisperwireError):
     """A bug on our side (maps to INTERNAL); the server keeps serving."""
 

@@ -1,6 +1,7 @@
 """Loading TensorRT-LLM engines written by engine_builder: checks, configs, ModelRunnerCpp.
 
-`tensorrt_llm` is imported only here and only when an engine loads (trtllm.md §n cited).
+`tensorrt_llm` is imported only here and only when an engine loads. The runtime facts are in
+docs/trtllm.md (cited as `docs/trtllm.md#<anchor>`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ from whisperwire.server.tokenizer import WhisperTokenizer
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'whisperwire[trtllm]' --extra-index-url https://pypi.nvidia.com"
-# §1, TensorRT-LLM#2419: encoder-decoder engines must be given a cross-attention KV share.
+# docs/trtllm.md#install: torch and torchvision come from PyTorch's CUDA 13 index first, or pip
+# keeps PyPI's CUDA 12 builds beside a wheel that needs CUDA 13.
+INSTALL_HINT = (
+    "pip install torch==2.9.1 torchvision --index-url https://download.pytorch.org/whl/cu130 "
+    "&& pip install tensorrt-llm==1.2.1 --extra-index-url https://pypi.nvidia.com "
+    "&& pip install 'whisperwire[builder]' && pip check (see docs/trtllm.md#install)"
+)
+# docs/trtllm.md#from-dir, TensorRT-LLM#2419: encoder-decoder engines need a cross-KV share.
 CROSS_KV_CACHE_FRACTION = 0.5
 
 
@@ -43,20 +50,28 @@ def load_trtllm_engine(settings: ServerSettings) -> tuple[TrtLlmEngine, WhisperT
         engine_dir / "assets", multilingual=config.multilingual, num_languages=config.num_languages
     )
     max_batch_size = min(settings.max_batch_size, config.max_batch_size)
-    runner = runner_class.from_dir(
-        str(engine_dir),
-        is_enc_dec=True,
-        max_batch_size=max_batch_size,
-        max_beam_width=config.max_beam_width,
-        kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
-        cross_kv_cache_fraction=CROSS_KV_CACHE_FRACTION,
-    )
+    # docs/trtllm.md#from-dir: the KV cache is sized for the beam width the server decodes with.
+    max_beam_width = min(settings.default_beam_size, config.max_beam_width)
+
+    def make_runner() -> Any:
+        return runner_class.from_dir(
+            str(engine_dir),
+            is_enc_dec=True,
+            max_batch_size=max_batch_size,
+            max_beam_width=max_beam_width,
+            kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
+            cross_kv_cache_fraction=CROSS_KV_CACHE_FRACTION,
+            # docs/trtllm.md#probe: language and no-speech probabilities come from logits.
+            gather_generation_logits=True,
+        )
+
     engine = TrtLlmEngine(
-        runner,
+        make_runner,
         config,
         tokenizer,
         model_name=manifest.model,
         max_batch_size=max_batch_size,
+        max_beam_width=max_beam_width,
         feature_device="cuda" if _cuda_available() else "cpu",
     )
     return engine, tokenizer
@@ -73,11 +88,26 @@ def _import_trtllm() -> tuple[Any, str]:
             f"({error})"
         ) from error
     version = installed_trtllm_version() or str(tensorrt_llm.__version__)
+    _require_cuda13_torch()
     return ModelRunnerCpp, version
 
 
+def _require_cuda13_torch() -> None:
+    """TensorRT-LLM 1.2.1 is built for CUDA 13; PyPI's default torch is a CUDA 12 build, and the
+    mix fails deep inside the runtime (docs/trtllm.md#install). A CPU-only torch passes."""
+    import torch
+
+    cuda = torch.version.cuda
+    if cuda is not None and not str(cuda).startswith("13"):
+        raise ConfigurationError(
+            f"TensorRT-LLM 1.2.1 needs torch built for CUDA 13, but this torch {torch.__version__} "
+            f"is built for CUDA {cuda}: {INSTALL_HINT}"
+        )
+
+
 def _checked_manifest(engine_dir: Path, trtllm_version: str) -> Manifest:
-    """The manifest, if the engines were built for this TensorRT-LLM and GPU (§5)."""
+    """The manifest, if the engines were built for this TensorRT-LLM and GPU
+    (docs/trtllm.md#engine-dir)."""
     gpu = current_gpu_name()
     try:
         if gpu is None:

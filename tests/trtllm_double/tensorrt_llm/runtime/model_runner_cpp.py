@@ -1,25 +1,44 @@
 """A strict contract double of TensorRT-LLM 1.2.1's `ModelRunnerCpp`, for Whisper engines.
 
-Every call is checked against the documented contract (/work/shared/reference/trtllm.md, cited
-as §n); a violation raises `ContractViolation` (or TypeError for a wrong signature, as Python
-does for the real one). Answers come in TensorRT-LLM's output layout (§2), with tokens computed
-by the real CTranslate2 model that the engine directory's `double.json` names.
+Every call is checked against the runtime contract written down in docs/trtllm.md (cited as
+`docs/trtllm.md#<anchor>`); a violation raises `ContractViolation` (or TypeError for a wrong
+signature, as Python does for the real one). Answers come in TensorRT-LLM's output layout, with
+tokens computed by the real CTranslate2 model that the engine directory's `double.json` names.
+
+As strict as the real runtime where it matters to the adapter:
+- features must have the encoder engine's dtype (the executor's copy refuses others);
+- `sequence_lengths` exclude the end-of-text token; per-token `log_probs` are normalised over
+  the sampled top-k, hence 0 under greedy decoding; `cum_log_probs` include the EOS step;
+- `generation_logits` come back only when `from_dir(gather_generation_logits=True)` and
+  `generate(output_generation_logits=True)` are both given;
+- an error response (`fail_next_call`, the double's fault injection) leaves the batch's other
+  responses queued in `session`, and the next `generate` on that runner fails instead of
+  hanging as the real one would; `session.await_responses(timeout=...)` drains them, and
+  `session.shutdown()` retires the runner;
+- options the adapter relies on (`bad_words_list`, `min_tokens`, sampling) are honoured; any
+  option the double cannot emulate raises NotImplementedError rather than being ignored.
 
 Where the double knowingly differs from the real runtime:
-- it is stricter: `generate` rejects keyword arguments outside §2's sampling list (the real one
+- it is stricter: `generate` rejects keyword arguments outside the sampling list (the real one
   silently ignores them, so a typo would go unnoticed);
 - tensors come back on the CPU (the real runtime returns CUDA tensors);
-- per-token `log_probs` of a decoded sequence are its mean (CTranslate2 reports only the total);
-- CTranslate2 applies Whisper's timestamp rules to prompts that do not end in <|notimestamps|>,
-  and TensorRT-LLM has none (§3), so only such prompts and the language probe (a bare
-  <|startoftranscript|>, answered from CTranslate2's language detection over language tokens)
-  can be emulated; other prompts raise NotImplementedError;
+- the per-token log-probabilities of a sampled sequence are its mean (CTranslate2 reports only
+  the total);
+- `min_tokens=1` is emulated with CTranslate2's `suppress_blank`, which also bans a leading
+  space at the first step;
+- `generation_logits` exist only for the one-step probe after `<|startoftranscript|>`, and
+  represent only what Whisper reads from that step: the language tokens and `<|nospeech|>`
+  carry their probabilities, every other token -inf;
+- CTranslate2 applies Whisper's timestamp rules to prompts that do not end in
+  <|notimestamps|>, and TensorRT-LLM has none, so only such prompts and probes (prompts ending
+  at <|startoftranscript|>) can be emulated; other prompts raise NotImplementedError;
 - CTranslate2 generates at most half the 448-token context, so at most 224 new tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import threading
@@ -37,9 +56,9 @@ import torch
 # Side file in the engine dir: {"ct2_model_dir": ..., "compute_type": ..., "threads": ...}.
 DOUBLE_CONFIG = "double.json"
 
-# §3, §5: the encoder engine's profile accepts 10..3000 frames per request, an even count.
+# docs/trtllm.md#engine-dir: the encoder profile accepts 10..3000 frames, an even count.
 MIN_FRAMES, MAX_FRAMES = 10, 3000
-# §2: the sampling keyword arguments `generate` takes when sampling_config is None.
+# docs/trtllm.md#generate: the sampling keyword arguments `generate` takes.
 SAMPLING_KWARGS = frozenset(
     {
         "num_beams", "top_k", "top_p", "top_p_min", "top_p_reset_ids", "top_p_decay",
@@ -49,6 +68,9 @@ SAMPLING_KWARGS = frozenset(
         "beam_width_array",
     }
 )  # fmt: skip
+# The ones the double emulates; the rest raise NotImplementedError instead of being ignored.
+EMULATED_SAMPLING = frozenset({"num_beams", "top_k", "top_p", "temperature", "min_tokens"})
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # CTranslate2 decodes at most half its text context (Whisper's sample_len).
 _CT2_TEXT_CTX = 448
 
@@ -60,7 +82,7 @@ class ContractViolation(ValueError):
 
 
 class _DefaultOne:
-    """`max_new_tokens`'s default: 1, and a trap for Whisper (§2), so omitting it fails."""
+    """`max_new_tokens`'s default: 1, and a trap for Whisper, so omitting it fails."""
 
     def __repr__(self) -> str:
         return "1"
@@ -76,9 +98,10 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class _EngineLimits:
-    """What `from_dir` reads from encoder/ and decoder/config.json (§5 layout)."""
+    """What `from_dir` reads from encoder/ and decoder/config.json (docs/trtllm.md#engine-dir)."""
 
     n_mels: int
+    dtype: str
     vocab_size: int
     encoder_max_batch_size: int
     max_batch_size: int
@@ -91,10 +114,10 @@ class _EngineLimits:
         encoder, decoder = (_engine_config(engine_dir, part) for part in ("encoder", "decoder"))
         return cls(
             n_mels=int(encoder["pretrained_config"]["n_mels"]),
+            dtype=str(encoder["pretrained_config"]["dtype"]),
             vocab_size=int(decoder["pretrained_config"]["vocab_size"]),
             encoder_max_batch_size=int(encoder["build_config"]["max_batch_size"]),
             max_batch_size=int(decoder["build_config"]["max_batch_size"]),
-            # §5: trtllm-build's default max_beam_width is 1.
             max_beam_width=int(decoder["build_config"].get("max_beam_width", 1)),
             max_input_len=int(decoder["build_config"]["max_input_len"]),
             max_seq_len=int(decoder["build_config"]["max_seq_len"]),
@@ -102,45 +125,103 @@ class _EngineLimits:
 
 
 def _engine_config(engine_dir: Path, part: str) -> dict[str, Any]:
-    # §1: is_enc_dec reads engine_dir/encoder/config.json and engine_dir/decoder/config.json;
-    # §5: each beside its rank0.engine.
+    # docs/trtllm.md#from-dir: is_enc_dec reads encoder/ and decoder/config.json, each beside
+    # its rank0.engine.
     folder = engine_dir / part
     for name in ("config.json", "rank0.engine"):
-        _require((folder / name).is_file(), f"{folder / name} is missing (§1, §5 engine layout)")
+        _require((folder / name).is_file(), f"{folder / name} is missing (engine layout)")
     config: dict[str, Any] = json.loads((folder / "config.json").read_text())
     for section in ("pretrained_config", "build_config"):
-        _require(section in config, f"{folder}/config.json lacks {section} (§5)")
+        _require(section in config, f"{folder}/config.json lacks {section}")
     return config
 
 
 @dataclass(frozen=True)
 class _Hypothesis:
-    generated: list[int]  # new tokens, end_id included when the sequence ended
-    log_probs: list[float]  # one per generated token
+    generated: list[int]  # new tokens, end-of-text excluded
+    ended: bool  # the model emitted end-of-text after them
+    mean_log_prob: float
+
+
+@dataclass(frozen=True)
+class _Probe:
+    token: int
+    logits: torch.Tensor  # [vocab]
+
+
+@dataclass(frozen=True)
+class _Response:
+    request_id: int
+    error: str | None = None
+
+
+class _Executor:
+    """`runner.session`: the executor's queue of responses, as far as Whisper's use goes."""
+
+    def __init__(self) -> None:
+        self.stale: list[_Response] = []
+        self.is_shut_down = False
+        self._next_id = 1
+
+    def request_ids(self, count: int) -> list[int]:
+        first, self._next_id = self._next_id, self._next_id + count
+        return list(range(first, first + count))
+
+    def can_enqueue_requests(self) -> bool:
+        return not self.is_shut_down
+
+    def await_responses(self, timeout: datetime.timedelta | None = None) -> list[_Response]:
+        """Queued responses; with nothing queued and no timeout the real call blocks forever."""
+        _require(not self.is_shut_down, "await_responses on an executor that was shut down")
+        if not self.stale and timeout is None:
+            raise ContractViolation("await_responses() without a timeout would block forever")
+        drained, self.stale = self.stale, []
+        return drained
+
+    def shutdown(self) -> None:
+        self.is_shut_down = True
+        self.stale = []
 
 
 class ModelRunnerCpp:
-    """Create with `from_dir`; `generate` decodes one batch at a time (§2 concurrency)."""
+    """Create with `from_dir`; `generate` decodes one batch at a time (docs/trtllm.md#serial)."""
 
-    def __init__(self, limits: _EngineLimits, model_dir: Path, compute_type: str, threads: int):
+    def __init__(
+        self,
+        limits: _EngineLimits,
+        model_dir: Path,
+        compute_type: str,
+        threads: int,
+        *,
+        gather_generation_logits: bool,
+    ) -> None:
         self.limits = limits
+        self.gather_generation_logits = gather_generation_logits
+        self.session = _Executor()
         self._model = ctranslate2.models.Whisper(
             str(model_dir), device="cpu", compute_type=compute_type, intra_threads=threads
         )
         self._vocabulary = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._sot = self._token_id("<|startoftranscript|>")
         self._no_timestamps = self._token_id("<|notimestamps|>")
+        self._no_speech = self._token_id("<|nospeech|>", "<|nocaptions|>")
         self._busy = threading.Lock()
+        self._failure: str | None = None
         self.max_batch_size = limits.max_batch_size
         self.max_beam_width = limits.max_beam_width
 
-    def _token_id(self, token: str) -> int:
-        found = self._vocabulary.token_to_id(token)
-        if found is None:
-            raise ValueError(f"{token} is not in the CTranslate2 model's vocabulary")
-        return found
+    def _token_id(self, *names: str) -> int:
+        for name in names:
+            found = self._vocabulary.token_to_id(name)
+            if found is not None:
+                return int(found)
+        raise ValueError(f"{names[0]} is not in the CTranslate2 model's vocabulary")
 
-    # --- construction (§1) --------------------------------------------------------------
+    def fail_next_call(self, message: str) -> None:
+        """Fault injection (the double's own): the next call's first response is an error."""
+        self._failure = message
+
+    # --- construction (docs/trtllm.md#from-dir) -----------------------------------------
 
     @classmethod
     def from_dir(
@@ -183,31 +264,32 @@ class ModelRunnerCpp:
         mm_embedding_offloading: bool = False,
         fail_fast_on_attention_window_too_large: bool = False,
     ) -> ModelRunnerCpp:
-        # §1: without is_enc_dec the directory is read as a decoder-only engine.
-        _require(is_enc_dec is True, "Whisper engines need is_enc_dec=True (§1)")
-        # §1, TensorRT-LLM#2419: "Must set crossKvCacheFraction for encoder-decoder model".
+        # Without is_enc_dec the directory is read as a decoder-only engine.
+        _require(is_enc_dec is True, "Whisper engines need is_enc_dec=True")
+        # TensorRT-LLM#2419: "Must set crossKvCacheFraction for encoder-decoder model".
         _require(
             cross_kv_cache_fraction is not None and 0 < cross_kv_cache_fraction < 1,
             f"cross_kv_cache_fraction must be set within (0, 1), got {cross_kv_cache_fraction} "
-            "(§1, TensorRT-LLM#2419)",
+            "(TensorRT-LLM#2419)",
         )
         _require(
             kv_cache_free_gpu_memory_fraction is None or 0 < kv_cache_free_gpu_memory_fraction <= 1,
-            "kv_cache_free_gpu_memory_fraction is a fraction of free GPU memory (§1)",
+            "kv_cache_free_gpu_memory_fraction is a fraction of free GPU memory",
         )
-        # §1: the world config comes from MPI; rank must equal the MPI rank, 0.
-        _require(rank == 0, f"rank must be 0 (the MPI rank), got {rank} (§1)")
+        # The world config comes from MPI; rank must equal the MPI rank, 0.
+        _require(rank == 0, f"rank must be 0 (the MPI rank), got {rank}")
         limits = _EngineLimits.read(Path(engine_dir))
         engine_batch = min(limits.max_batch_size, limits.encoder_max_batch_size)
-        # §1: max_batch_size and max_beam_width are asserted <= the engine's; None -> engine's.
+        # max_batch_size and max_beam_width are asserted <= the engine's; None -> engine's.
         _require(
             max_batch_size is None or 1 <= max_batch_size <= engine_batch,
-            f"max_batch_size {max_batch_size} exceeds the engine's {engine_batch} (§1)",
+            f"max_batch_size {max_batch_size} exceeds the engine's {engine_batch}",
         )
         _require(
             max_beam_width is None or 1 <= max_beam_width <= limits.max_beam_width,
-            f"max_beam_width {max_beam_width} exceeds the engine's {limits.max_beam_width} (§1)",
+            f"max_beam_width {max_beam_width} exceeds the engine's {limits.max_beam_width}",
         )
+        _require(debug_mode is False, "debug_mode dumps every tensor: keep it off")
         runtime_limits = dataclasses.replace(
             limits,
             max_batch_size=max_batch_size or engine_batch,
@@ -219,9 +301,10 @@ class ModelRunnerCpp:
             Path(side["ct2_model_dir"]),
             side.get("compute_type", "default"),
             int(side.get("threads", 0)),
+            gather_generation_logits=gather_generation_logits,
         )
 
-    # --- decoding (§2) ------------------------------------------------------------------
+    # --- decoding (docs/trtllm.md#generate) ---------------------------------------------
 
     def generate(
         self,
@@ -259,59 +342,88 @@ class ModelRunnerCpp:
     ) -> dict[str, torch.Tensor] | torch.Tensor:
         unknown = sorted(set(kwargs) - SAMPLING_KWARGS)
         if unknown:
-            raise TypeError(f"generate() got unexpected keyword arguments {unknown} (§2)")
-        # §2 concurrency caveat: two threads on one runner consume each other's responses.
+            raise TypeError(f"generate() got unexpected keyword arguments {unknown}")
+        not_emulated = sorted(set(kwargs) - EMULATED_SAMPLING)
+        if not_emulated:
+            raise NotImplementedError(f"the double does not emulate {not_emulated}")
+        # docs/trtllm.md#serial: two threads on one runner consume each other's responses.
         if not self._busy.acquire(blocking=False):
-            raise ContractViolation("generate re-entered while another call runs (§2)")
+            raise ContractViolation("generate re-entered while another call runs")
         try:
+            self._check_usable()
             prompts = self._check_prompts(batch_input_ids)
             mels = self._check_features(encoder_input_features, encoder_output_lengths, prompts)
             self._check_call(
                 prompts, max_new_tokens, end_id, pad_id, stopping_criteria, encoder_input_ids
             )
             _require(not streaming, "the double does not stream")
+            _require(
+                not output_generation_logits or self.gather_generation_logits,
+                "output_generation_logits needs from_dir(gather_generation_logits=True)",
+            )
             num_beams = int(kwargs.get("num_beams", 1))
-            # §1: the beam width is bounded by the runner's (hence the engine's) max_beam_width.
+            # The beam width is bounded by the runner's (hence the engine's) max_beam_width.
             _require(
                 1 <= num_beams <= self.limits.max_beam_width,
-                f"num_beams {num_beams} exceeds max_beam_width {self.limits.max_beam_width} (§1)",
+                f"num_beams {num_beams} exceeds max_beam_width {self.limits.max_beam_width}",
             )
-            hypotheses = self._decode(mels, prompts, max_new_tokens, num_beams, kwargs, end_id)
+            suppress = self._check_bad_words(bad_words_list, len(prompts))
+            self._enqueue(len(prompts))
+            decoded = self._decode(
+                mels, prompts, max_new_tokens, num_beams, kwargs, suppress, end_id
+            )
         finally:
             self._busy.release()
-        outputs = self._outputs(prompts, hypotheses, num_beams, end_id)
+        outputs = self._outputs(prompts, decoded, num_beams, end_id, kwargs)
         if not return_dict:
             return outputs["output_ids"]
-        if not output_sequence_lengths:
-            del outputs["sequence_lengths"]
-        if not output_log_probs:
-            del outputs["log_probs"]
-        if not output_cum_log_probs:
-            del outputs["cum_log_probs"]
-        return outputs
+        wanted = {
+            "sequence_lengths": output_sequence_lengths,
+            "log_probs": output_log_probs,
+            "cum_log_probs": output_cum_log_probs,
+            "generation_logits": output_generation_logits,
+        }
+        return {k: v for k, v in outputs.items() if wanted.get(k, True)}
+
+    def _check_usable(self) -> None:
+        _require(self.session.can_enqueue_requests(), "Session cannot enqueue new requests")
+        # docs/trtllm.md#errors: the real generate would count the stale responses and hang.
+        _require(
+            not self.session.stale,
+            f"{len(self.session.stale)} stale responses of a failed call are still queued: "
+            "the real generate() would never return; drain or rebuild the runner first",
+        )
+
+    def _enqueue(self, count: int) -> None:
+        """The executor answers each request; an injected error answers the first one."""
+        request_ids = self.session.request_ids(count)
+        if self._failure is not None:
+            message, self._failure = self._failure, None
+            # The error response is read first; the batch's others stay queued.
+            self.session.stale = [_Response(request_id) for request_id in request_ids[1:]]
+            raise RuntimeError(message)
 
     def _check_prompts(self, batch_input_ids: list[torch.Tensor] | torch.Tensor) -> list[list[int]]:
-        # §2: one 1-D int tensor per request (a 2-D [B, P] tensor also works).
+        # One 1-D int tensor per request (a 2-D [B, P] tensor also works).
         rows = list(batch_input_ids)
         _require(bool(rows), "batch_input_ids is empty")
         for row in rows:
             _require(
                 isinstance(row, torch.Tensor) and row.ndim == 1 and not row.is_floating_point(),
-                "batch_input_ids must be 1-D integer tensors, one per request (§2)",
+                "batch_input_ids must be 1-D integer tensors, one per request",
             )
         prompts = [[int(t) for t in row.tolist()] for row in rows]
         # sherpa#606: a batch above the engine's max_batch_size fails ("Could not set shape").
         _require(
             len(prompts) <= self.limits.max_batch_size,
             f"batch of {len(prompts)} exceeds max_batch_size {self.limits.max_batch_size} "
-            "(§7, sherpa#606)",
+            "(sherpa#606)",
         )
         for prompt in prompts:
-            # §5: the decoder engine's max_input_len caps the prompt.
+            # docs/trtllm.md#engine-dir: the decoder engine's max_input_len caps the prompt.
             _require(
                 1 <= len(prompt) <= self.limits.max_input_len,
-                f"prompt of {len(prompt)} tokens exceeds max_input_len "
-                f"{self.limits.max_input_len} (§5)",
+                f"prompt of {len(prompt)} tokens exceeds max_input_len {self.limits.max_input_len}",
             )
         return prompts
 
@@ -323,39 +435,44 @@ class ModelRunnerCpp:
     ) -> list[Mel]:
         _require(
             isinstance(features, (list, tuple)) and len(features) == len(prompts),
-            "encoder_input_features must be a list with one tensor per request (§2)",
+            "encoder_input_features must be a list with one tensor per request",
         )
         assert features is not None  # narrowed by the check above
         for mel in features:
             self._check_mel(mel)
         _require(
             output_lengths is not None and len(output_lengths) == len(features),
-            "encoder_output_lengths must give one length per request (§2)",
+            "encoder_output_lengths must give one length per request",
         )
         assert output_lengths is not None  # narrowed by the check above
         for mel, length in zip(features, output_lengths, strict=True):
-            # §2, §3: the encoder's stride-2 convolution halves the frames.
+            # The encoder's stride-2 convolution halves the frames.
             _require(
                 int(length) == mel.shape[0] // 2,
-                f"encoder_output_lengths {int(length)} != frames {mel.shape[0]} // 2 (§2)",
+                f"encoder_output_lengths {int(length)} != frames {mel.shape[0]} // 2",
             )
         return [_to_ct2_mel(mel) for mel in features]
 
     def _check_mel(self, mel: torch.Tensor) -> None:
-        # §2: one tensor per request, [n_frames, n_mels], time-major, float16 (engine dtype).
+        # docs/trtllm.md#generate, #precision: [n_frames, n_mels], in the encoder's dtype.
         _require(isinstance(mel, torch.Tensor), "encoder_input_features items must be tensors")
-        _require(mel.dtype == torch.float16, f"features must be float16, got {mel.dtype} (§2)")
+        expected = TORCH_DTYPES[self.limits.dtype]
+        _require(
+            mel.dtype == expected,
+            f"Incompatible data types: features are {mel.dtype}, the {self.limits.dtype} "
+            "encoder engine takes its own dtype",
+        )
         _require(
             mel.ndim == 2 and mel.shape[1] == self.limits.n_mels,
             f"features must be [frames, {self.limits.n_mels}] (encoder n_mels), "
-            f"got {list(mel.shape)} (§2, §3)",
+            f"got {list(mel.shape)}",
         )
         frames = mel.shape[0]
-        # §3: frames are padded to an even count; §5: the engine profile spans 10..3000.
-        _require(frames % 2 == 0, f"frame count {frames} must be even (§3)")
+        # docs/trtllm.md#engine-dir: an even frame count within the profile's 10..3000.
+        _require(frames % 2 == 0, f"frame count {frames} must be even")
         _require(
             MIN_FRAMES <= frames <= MAX_FRAMES,
-            f"frame count {frames} outside {MIN_FRAMES}..{MAX_FRAMES} (§3, §5)",
+            f"frame count {frames} outside {MIN_FRAMES}..{MAX_FRAMES}",
         )
 
     def _check_call(
@@ -367,29 +484,48 @@ class ModelRunnerCpp:
         stopping_criteria: object,
         encoder_input_ids: object,
     ) -> None:
-        # §2: max_new_tokens defaults to 1; always pass it.
         _require(
             not isinstance(max_new_tokens, _DefaultOne),
-            "max_new_tokens not passed: it defaults to 1 (§2)",
+            "max_new_tokens not passed: it defaults to 1",
         )
         _require(max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}")
         longest = max(len(p) for p in prompts)
-        # §1: max_seq_len is the decoder engine's; §5: it caps prompt + generated tokens.
+        # docs/trtllm.md#engine-dir: the decoder's max_seq_len caps prompt + generated tokens.
         _require(
             longest + max_new_tokens <= self.limits.max_seq_len,
             f"prompt {longest} + max_new_tokens {max_new_tokens} exceeds max_seq_len "
-            f"{self.limits.max_seq_len} (§1, §5)",
+            f"{self.limits.max_seq_len}",
         )
-        # §2: pass end_id and pad_id (Whisper uses <|endoftext|> for both).
         for name, value in (("end_id", end_id), ("pad_id", pad_id)):
             _require(
                 value is not None and 0 <= value < self.limits.vocab_size,
-                f"{name} must be a token id (§2)",
+                f"{name} must be a token id",
             )
-        # §2: stopping_criteria is not supported (raises).
-        _require(stopping_criteria is None, "stopping_criteria is not supported (§2)")
-        # §2: encoder_input_ids stays None for Whisper.
-        _require(encoder_input_ids is None, "encoder_input_ids must be None for Whisper (§2)")
+        _require(stopping_criteria is None, "stopping_criteria is not supported")
+        _require(encoder_input_ids is None, "encoder_input_ids must be None for Whisper")
+
+    def _check_bad_words(self, bad_words_list: object, batch: int) -> list[int]:
+        """docs/trtllm.md#generate: per request, a list of token sequences."""
+        if bad_words_list is None:
+            return []
+        _require(
+            isinstance(bad_words_list, list) and len(bad_words_list) == batch,
+            "bad_words_list needs one list of token sequences per request",
+        )
+        assert isinstance(bad_words_list, list)
+        for words in bad_words_list:
+            _require(
+                isinstance(words, list)
+                and all(
+                    isinstance(w, list) and w and all(isinstance(t, int) for t in w) for w in words
+                ),
+                "each bad_words_list entry is a list of non-empty token-id lists",
+            )
+        if any(words != bad_words_list[0] for words in bad_words_list):
+            raise NotImplementedError("the double bans the same words for the whole batch")
+        if any(len(word) != 1 for word in bad_words_list[0]):
+            raise NotImplementedError("the double bans single tokens only")
+        return [word[0] for word in bad_words_list[0]]
 
     # --- computing the answer with CTranslate2 ------------------------------------------
 
@@ -400,35 +536,54 @@ class ModelRunnerCpp:
         max_new_tokens: int,
         num_beams: int,
         sampling: dict[str, Any],
+        suppress: list[int],
         end_id: int | None,
-    ) -> list[list[_Hypothesis]]:
+    ) -> list[list[_Hypothesis] | _Probe]:
         assert end_id is not None  # checked by _check_call
         top_k, temperature = _sampling(sampling)
+        min_tokens = int(sampling.get("min_tokens") or 0)
+        if min_tokens > 1:
+            raise NotImplementedError("the double emulates min_tokens 0 or 1")
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, prompt in enumerate(prompts):
             groups.setdefault(tuple(prompt), []).append(index)
-        answers: dict[int, list[_Hypothesis]] = {}
+        answers: dict[int, list[_Hypothesis] | _Probe] = {}
         for prompt_key, indices in groups.items():
             prompt = list(prompt_key)
             group_mels = [mels[i] for i in indices]
-            if prompt == [self._sot]:
-                _require(max_new_tokens == 1, "the double answers a bare <|sot|> with 1 token")
-                found = self._language_probe(group_mels)
+            found: Sequence[list[_Hypothesis] | _Probe]
+            if prompt[-1] == self._sot:
+                _require(max_new_tokens == 1, "the double answers a probe with one token")
+                found = self._probe(group_mels, prompt)
             else:
                 found = self._ct2_generate(
-                    group_mels, prompt, max_new_tokens, num_beams, top_k, temperature, end_id
-                )
+                    group_mels, prompt, max_new_tokens, num_beams, top_k, temperature,
+                    suppress, min_tokens,
+                )  # fmt: skip
             answers.update(zip(indices, found, strict=True))
         return [answers[i] for i in range(len(prompts))]
 
-    def _language_probe(self, mels: list[Mel]) -> list[list[_Hypothesis]]:
-        ranked = self._model.detect_language(_storage(mels))
-        hypotheses = []
-        for item in ranked:
-            token, probability = item[0]
-            log_prob = math.log(max(probability, 1e-30))
-            hypotheses.append([_Hypothesis([self._token_id(token)], [log_prob])])
-        return hypotheses
+    def _probe(self, mels: list[Mel], prompt: list[int]) -> list[_Probe]:
+        """The step after <|startoftranscript|>: language and no-speech probabilities."""
+        storage = _storage(mels)
+        results = self._model.generate(
+            storage, [prompt] * len(mels), max_length=len(prompt) + 1, beam_size=1,
+            return_no_speech_prob=True, suppress_blank=False, suppress_tokens=[],
+        )  # fmt: skip
+        if self._model.is_multilingual:
+            ranked = self._model.detect_language(storage)
+        else:
+            ranked = [[("<|en|>", 1.0)]] * len(mels)
+        probes = []
+        for result, languages in zip(results, ranked, strict=True):
+            logits = torch.full((self.limits.vocab_size,), -math.inf)
+            no_speech = float(result.no_speech_prob)
+            logits[self._no_speech] = math.log(max(no_speech, 1e-30))
+            for token, probability in languages:
+                share = max(probability * (1 - no_speech), 1e-30)
+                logits[self._token_id(token)] = math.log(share)
+            probes.append(_Probe(int(torch.argmax(logits)), logits))
+        return probes
 
     def _ct2_generate(
         self,
@@ -438,7 +593,8 @@ class ModelRunnerCpp:
         num_beams: int,
         top_k: int,
         temperature: float,
-        end_id: int,
+        suppress: list[int],
+        min_tokens: int,
     ) -> list[list[_Hypothesis]]:
         if prompt[-1] != self._no_timestamps:
             raise NotImplementedError("the double only emulates prompts ending <|notimestamps|>")
@@ -450,16 +606,16 @@ class ModelRunnerCpp:
             num_hypotheses=num_beams,
             max_length=max_length,
             return_scores=True,
-            # TensorRT-LLM applies no Whisper logit rules (§3): no blank or symbol suppression.
-            suppress_blank=False,
-            suppress_tokens=[],
+            # TensorRT-LLM applies no Whisper logit rules: only what the caller asked for.
+            suppress_blank=min_tokens == 1,
+            suppress_tokens=suppress,
             sampling_topk=top_k,
             sampling_temperature=temperature,
         )
         limit = min(max_new_tokens, capacity)
         return [
             [
-                _hypothesis(list(ids)[:max_new_tokens], float(score), limit, end_id)
+                _hypothesis(list(ids)[:max_new_tokens], float(score), limit)
                 for ids, score in zip(result.sequences_ids, result.scores, strict=True)
             ]
             for result in results
@@ -468,43 +624,56 @@ class ModelRunnerCpp:
     def _outputs(
         self,
         prompts: list[list[int]],
-        hypotheses: list[list[_Hypothesis]],
+        decoded: list[list[_Hypothesis] | _Probe],
         num_beams: int,
         end_id: int | None,
+        sampling: dict[str, Any],
     ) -> dict[str, torch.Tensor]:
-        # §2: output_ids [batch, beams, max_seq_len] int32, prompt + generated, right-padded
-        # with end_id; sequence_lengths [batch, beams] = prompt + generated.
-        batch = len(prompts)
-        shape = (batch, num_beams)
+        # docs/trtllm.md#outputs: output_ids [batch, beams, max_seq_len] int32, prompt +
+        # generated, end_id-padded; sequence_lengths exclude the end-of-text token.
+        beams = [
+            [_Hypothesis([item.token], False, 0.0)] if isinstance(item, _Probe) else item
+            for item in decoded
+        ]
+        shape = (len(prompts), num_beams)
         output_ids = torch.full((*shape, self.limits.max_seq_len), end_id or 0, dtype=torch.int32)
         lengths = torch.zeros(shape, dtype=torch.int32)
         cum_log_probs = torch.zeros(shape, dtype=torch.float32)
-        longest = max(len(h.generated) for beams in hypotheses for h in beams)
+        longest = max(len(h.generated) for row in beams for h in row)
         log_probs = torch.zeros((*shape, longest), dtype=torch.float32)
-        for i, (prompt, beams) in enumerate(zip(prompts, hypotheses, strict=True)):
-            for beam, hypothesis in enumerate(beams):
-                row = prompt + hypothesis.generated
-                output_ids[i, beam, : len(row)] = torch.tensor(row, dtype=torch.int32)
-                lengths[i, beam] = len(row)
-                cum_log_probs[i, beam] = sum(hypothesis.log_probs)
-                log_probs[i, beam, : len(hypothesis.log_probs)] = torch.tensor(hypothesis.log_probs)
-        return {
+        # Normalised over the sampled top-k: a greedy step's only candidate has probability 1.
+        greedy = _sampling(sampling)[0] == 1
+        for i, (prompt, row) in enumerate(zip(prompts, beams, strict=True)):
+            for beam, hypothesis in enumerate(row):
+                tokens = prompt + hypothesis.generated
+                output_ids[i, beam, : len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
+                lengths[i, beam] = len(tokens)
+                steps = len(hypothesis.generated) + int(hypothesis.ended)  # EOS step included
+                cum_log_probs[i, beam] = hypothesis.mean_log_prob * steps
+                if not greedy:
+                    log_probs[i, beam, : len(hypothesis.generated)] = hypothesis.mean_log_prob
+        outputs = {
             "output_ids": output_ids,
             "sequence_lengths": lengths,
             "cum_log_probs": cum_log_probs,
             "log_probs": log_probs,
         }
+        if all(isinstance(item, _Probe) for item in decoded):
+            probes = [item for item in decoded if isinstance(item, _Probe)]
+            # [batch, beams, steps, vocab]
+            outputs["generation_logits"] = torch.stack([p.logits for p in probes])[:, None, None]
+        return outputs
 
 
 def _sampling(kwargs: dict[str, Any]) -> tuple[int, float]:
-    """(CTranslate2 top-k, temperature) for §2's sampling kwargs; top_k 1 is greedy."""
+    """(CTranslate2 top-k, temperature) for the sampling kwargs; top_k 1 is greedy."""
     top_p = kwargs.get("top_p")
     if top_p not in (None, 0.0, 1.0):
         raise NotImplementedError("the double cannot emulate nucleus sampling")
     top_k = int(kwargs.get("top_k") or 0)
     temperature = float(kwargs.get("temperature", 1.0))
     if top_k == 0 and not top_p:
-        # Inference: top_k and top_p both unset/0 means greedy in TensorRT-LLM's sampling layer.
+        # top_k and top_p both unset/0 means greedy in TensorRT-LLM's sampling layer.
         return 1, 1.0
     return top_k, temperature
 
@@ -520,14 +689,13 @@ def _ct2_length(prompt_length: int, max_new_tokens: int) -> tuple[int, int]:
     return max_length, min(max_length // 2, max_length - start_step)
 
 
-def _hypothesis(ids: list[int], mean_log_prob: float, limit: int, end_id: int) -> _Hypothesis:
-    # Fewer tokens than allowed means the model emitted <|endoftext|>, which TensorRT-LLM keeps.
-    generated = [*ids, end_id] if len(ids) < limit else ids
-    return _Hypothesis(generated, [mean_log_prob] * len(generated))
+def _hypothesis(ids: list[int], mean_log_prob: float, limit: int) -> _Hypothesis:
+    # Fewer tokens than allowed means the model emitted <|endoftext|> after them.
+    return _Hypothesis(ids, ended=len(ids) < limit, mean_log_prob=mean_log_prob)
 
 
 def _to_ct2_mel(mel: torch.Tensor) -> Mel:
-    """[frames, n_mels] float16 back to CTranslate2's [n_mels, 3000] float32."""
+    """[frames, n_mels] back to CTranslate2's [n_mels, 3000] float32."""
     array = mel.detach().to(device="cpu", dtype=torch.float32).numpy().T
     missing = MAX_FRAMES - array.shape[1]
     # Log-mel of padded silence sits at the spectrogram's floor: pad with its minimum.
