@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -24,6 +25,7 @@ from whisperwire.server.config import ServerSettings
 from whisperwire.server.domain import DecodeOptions
 from whisperwire.server.engine import Engine
 from whisperwire.server.errors import ConfigurationError as ConfigurationError  # re-exported
+from whisperwire.server.errors import EngineLostError
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.scheduler import BatchScheduler
@@ -34,6 +36,8 @@ from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TranscriptionService"].full_name
+# Exit status when the engine is lost (EX_TEMPFAIL): the platform should start a fresh process.
+ENGINE_LOST_EXIT_CODE = 75
 
 
 def load_engine(settings: ServerSettings) -> tuple[Engine, WhisperTokenizer]:
@@ -81,6 +85,16 @@ class RunningServer:
     health: health_aio.HealthServicer
     metrics: Metrics
     pipeline: SpeechPipeline
+    engine_lost: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the engine stalled or failed for good: the process should exit."""
+
+    def on_engine_lost(self, lost: EngineLostError) -> None:
+        """The scheduler's callback (on the event loop): NOT_SERVING, then signal the exit."""
+        self.engine_lost.set()
+        task = asyncio.get_running_loop().create_task(
+            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        task.add_done_callback(lambda _: None)  # keep a reference until it runs
 
     async def warm_up(self) -> None:
         """One real decode before reporting SERVING (catches a broken engine early)."""
@@ -118,6 +132,7 @@ async def start_server(
     warm_up: bool = True,
 ) -> RunningServer:
     check_exposure(settings)
+    credentials = server_credentials(settings)  # a bad TLS setting fails before anything starts
     # Log-mel's matrix product costs ~40 % less CPU on one BLAS thread than on OpenBLAS's
     # spinning pool, at the same wall time, and the engine already has the cores. Only
     # numpy's BLAS is affected: CTranslate2 threads through its own OpenMP runtime.
@@ -129,6 +144,7 @@ async def start_server(
         max_wait=settings.batch_wait_ms / 1000,
         max_queue=settings.max_queue,
         metrics=metrics,
+        stall_seconds=settings.engine_stall_seconds,
     )
     scheduler.start()
     pipeline = SpeechPipeline(
@@ -147,10 +163,11 @@ async def start_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = _listen(server, settings)
+    port = _listen(server, settings, credentials)
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     running = RunningServer(server, port, state, scheduler, health_servicer, metrics, pipeline)
+    scheduler.set_engine_lost_handler(running.on_engine_lost)
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     if warm_up:
@@ -161,14 +178,44 @@ async def start_server(
     return running
 
 
-def _listen(server: grpc.aio.Server, settings: ServerSettings) -> int:
-    """Bind the gRPC port (IPv6 literals in brackets); a failure is a startup error."""
+def _listen(
+    server: grpc.aio.Server, settings: ServerSettings, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Bind the gRPC port (IPv6 literals in brackets), with TLS when `credentials` are given;
+    a failure is a startup error."""
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     address = f"{host}:{settings.port}"
     try:
-        return server.add_insecure_port(address)
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
     except RuntimeError as error:  # grpcio's "Failed to bind to address ..."
         raise ConfigurationError(f"cannot listen on {address}: {error}") from error
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS (and mutual TLS with a client CA) from PEM files; None serves plaintext."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ConfigurationError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigurationError("TLS needs both --tls-cert and --tls-key")
+    client_ca = (
+        _read_pem(settings.tls_client_ca, "--tls-client-ca") if settings.tls_client_ca else None
+    )
+    return grpc.ssl_server_credentials(
+        [(_read_pem(settings.tls_key, "--tls-key"), _read_pem(settings.tls_cert, "--tls-cert"))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _read_pem(path: Path, flag: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(f"cannot read {flag} {path}: {error}") from error
 
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -190,7 +237,10 @@ async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     check_exposure(settings)
     engine, tokenizer = await asyncio.to_thread(load_engine, settings)
-    running = await start_server(settings, engine, tokenizer)
+    try:
+        running = await start_server(settings, engine, tokenizer)
+    except EngineLostError:  # the warm-up decode stalled: nothing to serve with
+        exit_for_replacement()
     print(
         f"whisperwire serving {engine.info.model} ({engine.info.name}, {engine.info.device}) "
         f"on {settings.host}:{running.port}",
@@ -200,5 +250,18 @@ async def serve(settings: ServerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waits = [asyncio.ensure_future(event.wait()) for event in (stop, running.engine_lost)]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
     await running.drain_and_stop(settings.grace_seconds)
+    if running.engine_lost.is_set():
+        exit_for_replacement()
+
+
+def exit_for_replacement() -> None:
+    """End the process at once with ENGINE_LOST_EXIT_CODE. A stalled engine thread can be
+    neither stopped nor joined, so a normal interpreter exit would wait for it forever."""
+    log.critical("the engine is lost; exiting with status %d", ENGINE_LOST_EXIT_CODE)
+    logging.shutdown()
+    os._exit(ENGINE_LOST_EXIT_CODE)

@@ -40,6 +40,9 @@ class ServerSettings(BaseSettings):
     engine is busy is batched anyway, so the default adds no latency."""
     max_queue: int = Field(512, ge=1)
     """Queued engine work items beyond which calls get RESOURCE_EXHAUSTED."""
+    engine_stall_seconds: float = Field(60.0, gt=0)
+    """Watchdog: an engine call on N windows that takes longer than (N + 1) times this is
+    stalled; its callers get UNAVAILABLE/ENGINE_STALLED and the server exits to be replaced."""
 
     max_streams: int = Field(256, ge=1)
     max_streams_per_client: int = Field(64, ge=0)
@@ -57,6 +60,12 @@ class ServerSettings(BaseSettings):
 
     token: SecretStr | None = None
     """Bearer token required on every call when set."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: serve TLS instead of plaintext (with tls_key)."""
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
+    tls_client_ca: Path | None = None
+    """PEM roots: require client certificates signed by them (mutual TLS)."""
     grace_seconds: float = 30.0
     """On SIGTERM: how long in-flight work may take before the server exits."""
     log_format: Literal["json", "text"] = "text"

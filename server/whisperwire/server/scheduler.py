@@ -3,6 +3,13 @@
 All engine calls happen on one dedicated thread, in order (ModelRunnerCpp.generate is not safe
 to call concurrently). Callers await futures; a caller that goes away cancels its futures, and
 cancelled work is dropped before it reaches the engine.
+
+A watchdog bounds every engine call by `stall_seconds` per item of its batch, plus one more
+`stall_seconds`. A call that overruns it (a hung GPU, a wedged runtime) cannot be cancelled:
+its thread stays stuck. So the scheduler fails that batch's callers and every later one with
+UNAVAILABLE/ENGINE_STALLED, and calls `on_engine_lost` so the server reports NOT_SERVING and
+exits for the platform to replace it. An engine that reports itself lost (EngineLostError) is
+treated the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 from whisperwire.server.domain import Timings
 from whisperwire.server.engine import Engine, Features, Generation, GenerationParams
-from whisperwire.server.errors import BusyError, EngineError
+from whisperwire.server.errors import BusyError, EngineError, EngineLostError
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.runner import Priority
 
@@ -55,6 +62,8 @@ class BatchScheduler:
         max_wait: float = 0.0,
         max_queue: int = 512,
         metrics: Metrics | None = None,
+        stall_seconds: float = 60.0,
+        on_engine_lost: Callable[[EngineLostError], None] | None = None,
     ) -> None:
         self.engine = engine
         self.max_batch_size = min(
@@ -70,6 +79,9 @@ class BatchScheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task[None] | None = None
         self._batch_seconds = 0.5  # running estimate, for RetryInfo
+        self.stall_seconds = stall_seconds
+        self._on_engine_lost = on_engine_lost
+        self.lost: EngineLostError | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -82,7 +94,11 @@ class BatchScheduler:
         for work in self._pending:
             work.future.cancel()
         self._pending.clear()
-        self._executor.shutdown(wait=True)
+        # A stalled engine thread never returns: waiting for it would hang the shutdown.
+        self._executor.shutdown(wait=self.lost is None, cancel_futures=True)
+
+    def set_engine_lost_handler(self, handler: Callable[[EngineLostError], None]) -> None:
+        self._on_engine_lost = handler
 
     @property
     def queue_depth(self) -> int:
@@ -117,6 +133,8 @@ class BatchScheduler:
         priority: Priority,
         timings: Timings,
     ) -> list[_Outcome]:
+        if self.lost is not None:
+            raise self.lost
         if len(self._pending) + len(items) > self.max_queue:
             raise BusyError(
                 f"engine queue is full ({len(self._pending)} items waiting)",
@@ -147,7 +165,7 @@ class BatchScheduler:
 
     # ---- the loop ---------------------------------------------------------------------------
     async def _loop(self) -> None:
-        while True:
+        while self.lost is None:
             await self._wakeup.wait()
             await self._gather_window()
             batch = self._take_batch()
@@ -181,12 +199,32 @@ class BatchScheduler:
         self._pending = [w for w in live if id(w) not in taken]
         return batch
 
+    def stall_bound(self, batch_size: int) -> float:
+        """Seconds an engine call on `batch_size` items may take before it counts as stalled."""
+        return self.stall_seconds * (batch_size + 1)
+
     async def _run(self, batch: list[_Work]) -> None:
         call = self._engine_call(batch)
         kind = "detect" if batch[0].key == DETECT else "generate"
         started = time.perf_counter()
+        running = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        bound = self.stall_bound(len(batch))
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            # shield: on timeout the engine thread cannot be stopped; only the wait ends.
+            results = await asyncio.wait_for(asyncio.shield(running), bound)
+        except TimeoutError:
+            self._lose_engine(
+                batch,
+                EngineLostError(
+                    f"the engine did not finish a batch of {len(batch)} within {bound:.0f} s; "
+                    "this server is stopping so that a healthy one replaces it",
+                    reason="ENGINE_STALLED",
+                ),
+            )
+            return
+        except EngineLostError as lost:
+            self._lose_engine(batch, lost)
+            return
         except Exception as exc:  # only this batch's callers fail; the loop keeps serving
             log.exception("engine call failed", extra={"batch_size": len(batch), "kind": kind})
             error = EngineError(f"engine failed on a batch of {len(batch)}: {exc}")
@@ -199,6 +237,18 @@ class BatchScheduler:
         for w, value in zip(batch, results, strict=True):
             if not w.future.done():
                 w.future.set_result(_Outcome(value, started, finished))
+
+    def _lose_engine(self, batch: list[_Work], lost: EngineLostError) -> None:
+        """Fail this batch and everything queued, refuse new work, and tell the server."""
+        log.critical("engine lost: %s", lost.message, extra={"batch_size": len(batch)})
+        self.lost = lost
+        for w in [*batch, *self._pending]:
+            if not w.future.done():
+                w.future.set_exception(lost)
+        self._pending.clear()
+        self.metrics.queue_depth.set(0)
+        if self._on_engine_lost is not None:
+            self._on_engine_lost(lost)
 
     def _engine_call(self, batch: list[_Work]) -> Callable[[], list[Any]]:
         features = [w.features for w in batch]
