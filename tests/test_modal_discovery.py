@@ -55,7 +55,9 @@ def test_the_registry_is_named_after_the_app() -> None:
     assert registry_name("whisperwire") == "whisperwire-endpoints"
 
 
-def test_live_endpoints_are_the_recent_ones_freshest_first(registry: DictStandIn) -> None:
+def test_live_endpoints_are_the_recent_ones_freshest_first_and_dead_ones_are_removed(
+    registry: DictStandIn,
+) -> None:
     publish(
         registry,
         endpoint("ta-old", age=20),
@@ -64,6 +66,7 @@ def test_live_endpoints_are_the_recent_ones_freshest_first(registry: DictStandIn
     )
     live = live_endpoints(registry, now=NOW)
     assert [e.container for e in live] == ["ta-new", "ta-old"]
+    assert sorted(registry.keys()) == ["ta-new", "ta-old"]
 
 
 def test_entries_this_client_cannot_read_are_skipped(registry: DictStandIn) -> None:
@@ -71,8 +74,19 @@ def test_entries_this_client_cannot_read_are_skipped(registry: DictStandIn) -> N
     registry.put("ta-junk", {"host": "x"})
     registry.put("ta-bool-port", {**good.to_entry(), "container": "ta-bool-port", "port": True})
     registry.put("ta-not-a-dict", "r3.modal.host:1234")
+    registry.put("ta-bad-tls", {**good.to_entry(), "container": "ta-bad-tls", "tls": "yes"})
+    # A value no client can unpickle (a class this client lacks): it would break items().
+    registry.put_raw("ta-unpicklable", b"\x80\x04cno_such_module\nThing\n.")
     publish(registry, good)
+    with pytest.raises(ModuleNotFoundError):
+        list(registry.items())
     assert live_endpoints(registry, now=NOW) == [good]
+
+
+def test_entries_of_servers_from_before_tls_tunnels_are_plaintext() -> None:
+    old = {k: v for k, v in endpoint("ta-old", age=0).to_entry().items() if k != "tls"}
+    assert TunnelEndpoint.from_entry(old).tls is False
+    assert endpoint("ta-new", age=0).tls is True
 
 
 def test_a_model_can_be_asked_for(registry: DictStandIn) -> None:
@@ -109,8 +123,14 @@ def test_no_live_server_is_a_clear_error(registry: DictStandIn) -> None:
 
 
 class BrokenRegistry:
-    def items(self) -> Any:
+    def keys(self) -> Any:
         raise ConnectionError("relay down")
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        raise AssertionError("never reached")
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        raise AssertionError("never reached")
 
 
 def test_a_registry_that_cannot_be_read_is_a_clear_error() -> None:

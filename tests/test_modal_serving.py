@@ -3,7 +3,7 @@
 The real server with the real CPU engine (tiny.en) runs on its own thread and loop as in a
 Modal container; only Modal's servers are stood in for: `modal.forward` by a loopback TCP
 relay and the named `modal.Dict` by a file (tests/test_modal_standins.py). Clients are the real
-SDK, finding the server through the registry and reaching it through the relay.
+SDK, finding the server through the registry and reaching it with TLS through the relay.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from modal.exception import RemoteError
 
 from tests.speech import HESTER, JFK, load_pcm16k, to_s16le, wer
 from tests.test_modal_standins import DictStandIn, LoopbackForward
+from tests.tls_support import Certificate, make_certificate
 from whisperwire.client import (
     AsyncClient,
     AuthenticationError,
@@ -38,10 +39,11 @@ from whisperwire.client import (
     SpeechActivity,
     StreamOptions,
 )
-from whisperwire.client.modal_discovery import TunnelEndpoint, resolve_target
+from whisperwire.client.modal_discovery import TunnelEndpoint, resolve_endpoint, resolve_target
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.deploy import (
     TunnelService,
+    answers_health_check,
     container_settings,
     drain_on_sigterm,
     serve_behind_tunnel,
@@ -64,6 +66,12 @@ def settings(**overrides: Any) -> ServerSettings:
     return ServerSettings(**values)
 
 
+@pytest.fixture(scope="module")
+def relay_cert(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """The stand-in relay's certificate; Modal's TLS endpoint has a publicly trusted one."""
+    return make_certificate(tmp_path_factory.mktemp("relay"), "relay")
+
+
 @dataclass
 class Served:
     service: TunnelService
@@ -74,9 +82,24 @@ class Served:
     def server_port(self) -> int:
         return self.service.server.running.port
 
+    def client(self, token: str | None = TOKEN) -> AsyncClient:
+        """A client as `--modal-app` makes one: the registry's address, over TLS."""
+        endpoint = resolve_endpoint(APP, registry=self.registry)
+        return AsyncClient(
+            endpoint.target,
+            token=token,
+            tls=endpoint.tls,
+            root_certificates=self.forward.certificate.cert,
+        )
 
-def serve(engine: Engine, registry: DictStandIn, **options: Any) -> Served:
-    forward = LoopbackForward()
+
+def serve(engine: Engine, registry: DictStandIn, cert: Certificate, **options: Any) -> Served:
+    forward = LoopbackForward(cert)
+
+    def probe(endpoint: TunnelEndpoint) -> bool:
+        return answers_health_check(endpoint, root_certificates=cert.cert)
+
+    options.setdefault("probe", probe)
     service = serve_behind_tunnel(
         settings(), *engine, forward=forward, registry=registry, key=KEY, **options
     )
@@ -84,45 +107,54 @@ def serve(engine: Engine, registry: DictStandIn, **options: Any) -> Served:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    tiny_engine: Engine, tmp_path_factory: pytest.TempPathFactory, relay_cert: Certificate
+) -> Iterator[Served]:
     registry = DictStandIn(tmp_path_factory.mktemp("modal") / "registry.pickle")
-    running = serve(tiny_engine, registry, heartbeat_interval=0.05)
+    running = serve(tiny_engine, registry, relay_cert, heartbeat_interval=0.05)
     yield running
     running.service.stop()
 
 
-async def test_a_client_with_the_token_transcribes_through_the_tunnel(served: Served) -> None:
-    target = resolve_target(APP, registry=served.registry)
+async def test_a_client_with_the_token_transcribes_through_the_tls_tunnel(served: Served) -> None:
+    endpoint = resolve_endpoint(APP, registry=served.registry)
 
     (relay,) = served.forward.relays.values()
-    assert target == f"127.0.0.1:{relay.port}"
+    assert (endpoint.target, endpoint.tls) == (f"localhost:{relay.port}", True)
     assert relay.port != served.server_port  # the tunnel, not the server's own port
-    async with AsyncClient(target, token=TOKEN) as client:
+    async with served.client() as client:
         transcript = await client.transcribe(JFK.path, RecognitionOptions(language="en"))
     assert wer(JFK.reference, transcript.text) <= 0.1
     assert relay.accepted >= 1
+
+
+async def test_the_tunnel_carries_no_cleartext(served: Served) -> None:
+    """A plaintext client (what a raw TCP tunnel would carry) cannot talk to the TLS endpoint."""
+    async with AsyncClient(resolve_target(APP, registry=served.registry), token=TOKEN) as client:
+        with pytest.raises(ServerUnavailableError):
+            await client.health()
 
 
 @pytest.mark.parametrize("token", [None, "not-the-token"])
 async def test_the_tunnel_is_public_so_calls_without_the_token_are_refused(
     served: Served, token: str | None
 ) -> None:
-    async with AsyncClient(resolve_target(APP, registry=served.registry), token=token) as client:
+    async with served.client(token) as client:
         with pytest.raises(AuthenticationError) as raised:
             await client.transcribe(JFK.path)
     assert raised.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_the_tunnel_is_opened_unencrypted_for_the_server_port(served: Served) -> None:
+def test_the_tunnel_is_a_tls_endpoint_with_http2_for_the_server_port(served: Served) -> None:
     assert served.forward.calls == [
-        {"port": served.server_port, "unencrypted": True, "h2_enabled": False}
+        {"port": served.server_port, "unencrypted": False, "h2_enabled": True}
     ]
 
 
 def test_the_address_is_published_and_its_heartbeat_advances(served: Served) -> None:
     first = TunnelEndpoint.from_entry(served.registry.get(KEY))
     (relay,) = served.forward.relays.values()
-    assert (first.host, first.port) == ("127.0.0.1", relay.port)
+    assert (first.host, first.port, first.tls) == ("localhost", relay.port, True)
     assert (first.container, first.model, first.engine) == (KEY, "tiny.en", "ctranslate2")
 
     while (latest := TunnelEndpoint.from_entry(served.registry.get(KEY))) == first:
@@ -131,12 +163,46 @@ def test_the_address_is_published_and_its_heartbeat_advances(served: Served) -> 
     assert latest.started_at == first.started_at
 
 
-async def test_stop_withdraws_the_address_then_drains_through_the_open_tunnel(
-    tiny_engine: Engine, tmp_path: Path
+def test_a_public_address_that_stops_answering_is_not_restamped(
+    tiny_engine: Engine, tmp_path: Path, relay_cert: Certificate
 ) -> None:
-    running = serve(tiny_engine, DictStandIn(tmp_path / "registry.pickle"))
+    answering = threading.Event()
+    answering.set()
+    checked = threading.Semaphore(0)
+
+    def probe(endpoint: TunnelEndpoint) -> bool:
+        checked.release()
+        return answering.is_set()
+
+    registry = DictStandIn(tmp_path / "registry.pickle")
+    running = serve(tiny_engine, registry, relay_cert, heartbeat_interval=0.05, probe=probe)
+    try:
+        answering.clear()
+        for _ in range(2):  # one beat may have passed the probe before it was cleared
+            assert checked.acquire(timeout=10)
+        frozen = registry.get(KEY)
+        for _ in range(3):
+            assert checked.acquire(timeout=10)
+        assert registry.get(KEY) == frozen
+    finally:
+        running.service.stop()
+
+
+def test_the_default_probe_is_a_health_check_through_the_public_address(
+    served: Served, relay_cert: Certificate
+) -> None:
+    endpoint = resolve_endpoint(APP, registry=served.registry)
+    assert answers_health_check(endpoint, root_certificates=relay_cert.cert)
+    # Modal's certificate is public; this one is not, so system roots refuse it.
+    assert not answers_health_check(endpoint, timeout=2)
+
+
+async def test_stop_withdraws_the_address_then_drains_through_the_open_tunnel(
+    tiny_engine: Engine, tmp_path: Path, relay_cert: Certificate
+) -> None:
+    running = serve(tiny_engine, DictStandIn(tmp_path / "registry.pickle"), relay_cert)
     target = resolve_target(APP, registry=running.registry)
-    async with AsyncClient(target, token=TOKEN) as client:
+    async with running.client() as client:
         stream = await client.stream(_stream_options())
         await _push_until_heard(stream)
 
@@ -164,8 +230,10 @@ def test_the_container_has_no_per_client_limit_unless_the_secret_sets_one(
     assert container_settings(tmp_path, port=50051, grace=30).max_streams_per_client == 8
 
 
-def test_without_a_token_nothing_is_started_or_exposed(tiny_engine: Engine, tmp_path: Path) -> None:
-    forward, registry = LoopbackForward(), DictStandIn(tmp_path / "registry.pickle")
+def test_without_a_token_nothing_is_started_or_exposed(
+    tiny_engine: Engine, tmp_path: Path, relay_cert: Certificate
+) -> None:
+    forward, registry = LoopbackForward(relay_cert), DictStandIn(tmp_path / "registry.pickle")
     with pytest.raises(ConfigurationError, match="public tunnel needs a bearer token"):
         serve_behind_tunnel(
             settings(token=None), *tiny_engine, forward=forward, registry=registry, key=KEY
@@ -180,7 +248,7 @@ class UnavailableRelay:
     def __init__(self) -> None:
         self.ports: list[int] = []
 
-    def __call__(self, port: int, *, unencrypted: bool = False) -> AbstractContextManager[Any]:
+    def __call__(self, port: int, *, h2_enabled: bool = False) -> AbstractContextManager[Any]:
         self.ports.append(port)
         raise RemoteError("Relay server is unavailable")
 
@@ -200,17 +268,19 @@ def test_a_tunnel_that_cannot_open_stops_the_server_and_publishes_nothing(
 # --- SIGTERM, in a process of its own --------------------------------------------------------
 
 
-def serve_until_interrupted(registry_path: str) -> None:
+def serve_until_interrupted(registry_path: str, cert_dir: str) -> None:
     """The subprocess: what the Modal container does, with the stand-ins and the CPU engine."""
+    cert = Certificate(Path(cert_dir) / "relay-key.pem", Path(cert_dir) / "relay-cert.pem")
     model_dir = resolve_model("tiny.en", allow_download=False)
     engine = CTranslate2Engine(model_dir, model_name="tiny.en", threads=1)
     service = serve_behind_tunnel(
         settings(),
         engine,
         WhisperTokenizer.from_dir(model_dir),
-        forward=LoopbackForward(),
+        forward=LoopbackForward(cert),
         registry=DictStandIn(Path(registry_path)),
         key=KEY,
+        probe=lambda endpoint: answers_health_check(endpoint, root_certificates=cert.cert),
     )
     drain_on_sigterm(service.stop)
     print("serving", flush=True)
@@ -222,11 +292,13 @@ def serve_until_interrupted(registry_path: str) -> None:
 
 
 @pytest.fixture
-def tunnel_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], DictStandIn]]:
+def tunnel_process(
+    tmp_path: Path, relay_cert: Certificate
+) -> Iterator[tuple[subprocess.Popen[str], DictStandIn]]:
     registry_path = tmp_path / "registry.pickle"
     code = (
         "from tests.test_modal_serving import serve_until_interrupted; "
-        f"serve_until_interrupted({str(registry_path)!r})"
+        f"serve_until_interrupted({str(registry_path)!r}, {str(relay_cert.cert_path.parent)!r})"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", code],
@@ -242,12 +314,14 @@ def tunnel_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Dict
 
 
 async def test_sigterm_withdraws_the_address_and_drains_open_streams(
-    tunnel_process: tuple[subprocess.Popen[str], DictStandIn],
+    tunnel_process: tuple[subprocess.Popen[str], DictStandIn], relay_cert: Certificate
 ) -> None:
     process, registry = tunnel_process
     assert await asyncio.to_thread(_next_line, process) == "serving"
     target = resolve_target(APP, registry=registry)
-    async with AsyncClient(target, token=TOKEN) as client:
+    async with AsyncClient(
+        target, token=TOKEN, tls=True, root_certificates=relay_cert.cert
+    ) as client:
         stream = await client.stream(_stream_options())
         await _push_until_heard(stream)
 

@@ -1,9 +1,12 @@
 """Loopback stand-ins for Modal's servers, and the proof that they are as strict as Modal.
 
 `LoopbackForward` replaces `modal.forward`: it validates its arguments as modal 1.6.4 does
-(modal.md §1: int port 1..65535, h2 only on encrypted tunnels, a port forwarded once), yields a
-real `modal.Tunnel` whose `tcp_socket` exists only with `unencrypted=True`, and relays a fresh
-loopback port to the container port over real TCP until the context exits.
+(int port 1..65535, h2 only on encrypted tunnels, a port forwarded once) and yields a real
+`modal.Tunnel`. Like Modal's relay, the tunnel's TLS endpoint (`tls_socket`, always there)
+terminates TLS with its certificate and advertises HTTP/2 through ALPN only with
+`h2_enabled=True` (gRPC clients refuse a TLS peer without it), then passes the cleartext bytes to
+the container port; with `unencrypted=True` a raw TCP endpoint (`tcp_socket`) is added. Both
+relay over real sockets until the context exits.
 
 `DictStandIn` replaces a named `modal.Dict`: values are serialized on `put` (a reader never
 sees the writer's object), `pop` without a default raises KeyError, and the contents live in a file
@@ -12,9 +15,11 @@ so that a server in another process and the test see the same registry.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import pickle
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -25,6 +30,8 @@ from typing import Any
 import modal
 import pytest
 from modal.exception import InvalidError
+
+from tests.tls_support import Certificate, make_certificate
 
 _NO_DEFAULT = object()
 
@@ -92,13 +99,64 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
+class TlsRelay:
+    """Accepts TLS on 127.0.0.1:<random>, terminates it, and pipes cleartext to `target`."""
+
+    def __init__(self, target: tuple[str, int], context: ssl.SSLContext) -> None:
+        self.target = target
+        self.accepted = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=context), self._loop
+        ).result()
+        self.port: int = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    def close(self) -> None:
+        async def shut() -> None:
+            self._server.close()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (OSError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
 @dataclass
 class LoopbackForward:
-    """`modal.forward(port, *, unencrypted=False, h2_enabled=False)` on loopback."""
+    """`modal.forward(port, *, unencrypted=False, h2_enabled=False)` on loopback.
 
+    The TLS endpoint is `localhost` with `certificate` (a client trusts it through
+    `root_certificates=forward.certificate.cert`, as it trusts Modal's public one by default).
+    """
+
+    certificate: Certificate
     calls: list[dict[str, Any]] = field(default_factory=list)
-    relays: dict[int, TcpRelay] = field(default_factory=dict)
-    """Open tunnels by forwarded container port."""
+    relays: dict[int, TlsRelay] = field(default_factory=dict)
+    """Open TLS endpoints by forwarded container port."""
+    tcp_relays: dict[int, TcpRelay] = field(default_factory=dict)
 
     @contextmanager
     def __call__(
@@ -113,19 +171,37 @@ class LoopbackForward:
             raise InvalidError("H2 can only be used with encrypted ports")
         if port in self.relays:
             raise InvalidError(f"Port {port} is already forwarded")
-        relay = TcpRelay(("127.0.0.1", port))
+        relay = TlsRelay(("127.0.0.1", port), self._tls_context(h2_enabled))
+        tcp = TcpRelay(("127.0.0.1", port)) if unencrypted else None
         self.relays[port] = relay
+        if tcp is not None:
+            self.tcp_relays[port] = tcp
         try:
-            # No TLS endpoint here: its host is one that never resolves.
             yield modal.Tunnel(
-                host="tls-endpoint.invalid",
-                port=443,
-                unencrypted_host="127.0.0.1" if unencrypted else "",
-                unencrypted_port=relay.port if unencrypted else 0,
+                host="localhost",
+                port=relay.port,
+                unencrypted_host="127.0.0.1" if tcp else "",
+                unencrypted_port=tcp.port if tcp else 0,
             )
         finally:
             del self.relays[port]
             relay.close()
+            if tcp is not None:
+                del self.tcp_relays[port]
+                tcp.close()
+
+    def _tls_context(self, h2_enabled: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.certificate.cert_path, self.certificate.key_path)
+        if h2_enabled:
+            context.set_alpn_protocols(["h2"])
+        return context
+
+
+@pytest.fixture(scope="session")
+def relay_certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """The stand-in relay's certificate (Modal's own is publicly trusted)."""
+    return make_certificate(tmp_path_factory.mktemp("relay"), "relay")
 
 
 class DictStandIn:
@@ -154,9 +230,20 @@ class DictStandIn:
             return default
 
     def items(self) -> Iterator[tuple[Any, Any]]:
+        """Unpickles every value in one pass, as modal.Dict.items() does: one bad value fails it."""
         with self._contents() as contents:
             pairs = [(key, pickle.loads(value)) for key, value in contents.items()]
         yield from pairs
+
+    def keys(self) -> Iterator[Any]:
+        with self._contents() as contents:
+            keys = list(contents)
+        yield from keys
+
+    def put_raw(self, key: Any, payload: bytes) -> None:
+        """Store bytes as a value's pickle (a test's corrupt or foreign entry)."""
+        with self._contents() as contents:
+            contents[key] = payload
 
     def __len__(self) -> int:
         with self._contents() as contents:
@@ -188,16 +275,16 @@ class DictStandIn:
     ],
 )
 def test_forward_rejects_what_modal_rejects(
-    port: Any, options: dict[str, bool], message: str
+    port: Any, options: dict[str, bool], message: str, relay_certificate: Certificate
 ) -> None:
-    forward = LoopbackForward()
+    forward = LoopbackForward(relay_certificate)
     with pytest.raises(InvalidError, match=message), forward(port, **options):
         pass
     assert forward.relays == {}
 
 
-def test_forward_refuses_a_port_twice_and_frees_it_on_exit() -> None:
-    forward = LoopbackForward()
+def test_forward_refuses_a_port_twice_and_frees_it_on_exit(relay_certificate: Certificate) -> None:
+    forward = LoopbackForward(relay_certificate)
     with (
         forward(50051, unencrypted=True),
         pytest.raises(InvalidError, match="already forwarded"),
@@ -208,15 +295,38 @@ def test_forward_refuses_a_port_twice_and_frees_it_on_exit() -> None:
         assert tunnel.tcp_socket[0] == "127.0.0.1"
 
 
-def test_an_encrypted_only_tunnel_has_no_tcp_socket() -> None:
-    with LoopbackForward()(50051) as tunnel, pytest.raises(InvalidError, match="unencrypted"):
+def test_an_encrypted_only_tunnel_has_no_tcp_socket(relay_certificate: Certificate) -> None:
+    with (
+        LoopbackForward(relay_certificate)(50051, h2_enabled=True) as tunnel,
+        pytest.raises(InvalidError, match="unencrypted"),
+    ):
         tunnel.tcp_socket  # noqa: B018 - the property raises
 
 
-def test_the_tunnel_relays_bytes_until_it_closes() -> None:
+@pytest.mark.parametrize("h2_enabled", [True, False])
+def test_the_tls_endpoint_offers_http2_only_when_asked(
+    relay_certificate: Certificate, h2_enabled: bool
+) -> None:
     echo = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=_echo_once, args=(echo,), daemon=True).start()
-    forward = LoopbackForward()
+    client = ssl.create_default_context(cafile=relay_certificate.cert_path)
+    client.set_alpn_protocols(["h2"])
+    with LoopbackForward(relay_certificate)(echo.getsockname()[1], h2_enabled=h2_enabled) as tunnel:
+        host, port = tunnel.tls_socket
+        with (
+            socket.create_connection((host, port)) as raw,
+            client.wrap_socket(raw, server_hostname=host) as conn,
+        ):
+            assert conn.selected_alpn_protocol() == ("h2" if h2_enabled else None)
+            conn.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+    echo.close()
+
+
+def test_the_tcp_tunnel_relays_bytes_until_it_closes(relay_certificate: Certificate) -> None:
+    echo = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=_echo_once, args=(echo,), daemon=True).start()
+    forward = LoopbackForward(relay_certificate)
     with forward(echo.getsockname()[1], unencrypted=True) as tunnel:
         address = tunnel.tcp_socket
         assert address[1] != echo.getsockname()[1]
@@ -242,6 +352,7 @@ def test_dict_standin_copies_values_and_raises_like_a_dict(tmp_path: Path) -> No
     assert registry.get("a") == {"port": 1}
     assert not registry.put("a", {"port": 3}, skip_if_exists=True)
     assert list(registry.items()) == [("a", {"port": 1})]
+    assert list(registry.keys()) == ["a"]
     assert registry.pop("a") == {"port": 1}
     assert registry.pop("a", None) is None
     with pytest.raises(KeyError):

@@ -1,12 +1,15 @@
 """Finding the servers of a Modal deployment (`whisperwire --modal-app NAME`).
 
-Each serving container exposes its gRPC port through a `modal.forward` tunnel, whose public
-address is random and changes with every container start. So the container publishes that
-address in a named `modal.Dict` (`<app>-endpoints`), refreshes a heartbeat in it while it
-serves, and removes it when it drains. Clients read the Dict, drop entries whose heartbeat has
-gone stale (a container killed without its exit hook), and pick one of the rest.
+Each serving container exposes its gRPC port through a `modal.forward(port, h2_enabled=True)`
+tunnel: a TLS endpoint that offers HTTP/2, so the token and the audio are encrypted on the
+Internet. Its public address is random and changes with every container start, so the container
+publishes it in a named `modal.Dict` (`<app>-endpoints`), refreshes a heartbeat in it while its
+public address still answers, and removes it when it drains. Clients read the Dict, skip
+entries they cannot read, drop (and delete) entries whose heartbeat has gone stale (a container
+killed without its exit hook), and pick one of the rest.
 
-    target = resolve_target("whisperwire")          # "r3.modal.host:23447"
+    endpoint = resolve_endpoint("whisperwire")      # endpoint.target "abc.r5.modal.host:443"
+    client = AsyncClient(endpoint.target, tls=endpoint.tls, token=...)
 
 `modal` is imported only when a registry is opened: the SDK does not depend on it otherwise
 (`pip install 'whisperwire[modal]'`; it needs Modal credentials, as `modal token new` writes).
@@ -15,6 +18,7 @@ gone stale (a container killed without its exit hook), and pick one of the rest.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from whisperwire.client.errors import WhisperwireClientError
+
+log = logging.getLogger(__name__)
 
 REGISTRY_SUFFIX = "-endpoints"
 HEARTBEAT_SECONDS = 15.0
@@ -53,10 +59,12 @@ class TunnelEndpoint:
     started_at: float
     heartbeat_at: float
     """Seconds since the epoch, by the container's clock."""
+    tls: bool = True
+    """Whether the address is a TLS endpoint (connect with TLS) or raw TCP (plaintext)."""
 
     @property
     def target(self) -> str:
-        """`host:port` for a plaintext gRPC channel (the tunnel is raw TCP)."""
+        """`host:port` for a gRPC channel (TLS when `tls`)."""
         return f"{self.host}:{self.port}"
 
     def beat(self, now: float) -> TunnelEndpoint:
@@ -78,13 +86,19 @@ class TunnelEndpoint:
                 engine=_typed(entry["engine"], str),
                 started_at=float(_typed(entry["started_at"], (int, float))),
                 heartbeat_at=float(_typed(entry["heartbeat_at"], (int, float))),
+                # Entries of servers from before TLS tunnels are raw TCP.
+                tls=_typed(entry.get("tls", False), bool),
             )
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"not a whisperwire endpoint entry: {entry!r} ({error})") from None
 
 
 def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
     # bool is an int; a port of True is a corrupt entry, not port 1.
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{value!r} is not bool")
+        return value
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{value!r} is not {kind}")
     return value
@@ -93,7 +107,11 @@ def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
 class EndpointRegistry(Protocol):
     """What clients need of a `modal.Dict`."""
 
-    def items(self) -> Iterable[tuple[Any, Any]]: ...
+    def keys(self) -> Iterable[Any]: ...
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def pop(self, key: Any, default: Any = None) -> Any: ...
 
 
 def live_endpoints(
@@ -105,20 +123,38 @@ def live_endpoints(
 ) -> list[TunnelEndpoint]:
     """Registered endpoints with a recent heartbeat (serving `model`, if given), freshest first.
 
-    Entries this client cannot parse are skipped: a newer server may publish more fields.
+    Values are read one key at a time: `modal.Dict.items()` unpickles every value in one
+    stream, so a single unreadable value would fail the whole lookup. Entries this client
+    cannot read are skipped (a newer server may publish more); stale ones are deleted, since
+    their containers died without withdrawing them.
     """
     now = time.time() if now is None else now
     endpoints = []
-    for _key, value in registry.items():
-        try:
-            endpoint = TunnelEndpoint.from_entry(value)
-        except ValueError:
+    for key in list(registry.keys()):
+        endpoint = _read_entry(registry, key)
+        if endpoint is None:
             continue
         if now - endpoint.heartbeat_at > stale_after:
+            _remove_dead(registry, key)
             continue
         if model is None or endpoint.model == model:
             endpoints.append(endpoint)
     return sorted(endpoints, key=lambda e: e.heartbeat_at, reverse=True)
+
+
+def _read_entry(registry: EndpointRegistry, key: Any) -> TunnelEndpoint | None:
+    try:
+        return TunnelEndpoint.from_entry(registry.get(key))
+    except Exception as error:  # unpicklable values, foreign entries, a newer format
+        log.debug("skipping registry entry %r: %s", key, error)
+        return None
+
+
+def _remove_dead(registry: EndpointRegistry, key: Any) -> None:
+    try:
+        registry.pop(key, None)
+    except Exception as error:  # a read-only credential may not delete; others will
+        log.debug("could not remove stale registry entry %r: %s", key, error)
 
 
 def choose_endpoint(
@@ -172,6 +208,19 @@ def resolve_endpoints(
     return endpoints
 
 
+def resolve_endpoint(
+    app_name: str,
+    *,
+    environment: str | None = None,
+    model: str | None = None,
+    registry: EndpointRegistry | None = None,
+    rng: random.Random | None = None,
+) -> TunnelEndpoint:
+    """One live server of `app_name`: connect to its `target`, with TLS when `tls`."""
+    endpoints = resolve_endpoints(app_name, environment=environment, model=model, registry=registry)
+    return choose_endpoint(endpoints, rng=rng)
+
+
 def resolve_target(
     app_name: str,
     *,
@@ -180,6 +229,7 @@ def resolve_target(
     registry: EndpointRegistry | None = None,
     rng: random.Random | None = None,
 ) -> str:
-    """`host:port` of one live server of `app_name`, for a plaintext channel with a token."""
-    endpoints = resolve_endpoints(app_name, environment=environment, model=model, registry=registry)
-    return choose_endpoint(endpoints, rng=rng).target
+    """`host:port` of one live server of `app_name` (see `resolve_endpoint` for its TLS)."""
+    return resolve_endpoint(
+        app_name, environment=environment, model=model, registry=registry, rng=rng
+    ).target

@@ -5,12 +5,15 @@ whisperwire_modal.py wires Modal's objects into these functions; tests pass loop
 - The gRPC server runs on a thread of its own with its own event loop (`BackgroundServer`). In
   an `@app.cls` container Modal's event loop runs only while an input executes (modal.md §4),
   so a server started on it would stall between inputs.
-- `serve_behind_tunnel` exposes the port with `forward(port, unencrypted=True)`: gRPC needs
-  HTTP/2, which the tunnel's TLS endpoint does not offer, so clients use its raw TCP endpoint
-  with a plaintext channel. That endpoint is public, hence a bearer token is required.
+- `serve_behind_tunnel` exposes the port with `forward(port, h2_enabled=True)`: Modal's relay
+  terminates TLS and offers HTTP/2 through ALPN, which gRPC clients require, and passes
+  cleartext HTTP/2 to the server's plaintext port. The bearer token and the audio are therefore
+  encrypted on the Internet (a raw TCP tunnel would carry them in clear text). The address is
+  public, hence a bearer token is still required.
 - The tunnel's address is random per container, so it is published in a registry (a named
   `modal.Dict`) under the container's id, with a heartbeat; clients pick among live entries
-  (whisperwire.client.modal_discovery).
+  (whisperwire.client.modal_discovery). A beat is written only after the public address
+  answered a health check, so a dead tunnel's entry goes stale.
 - Stopping withdraws the entry first (new clients go elsewhere), then drains (open streams get
   their finals through the still-open tunnel), then closes the tunnel.
 """
@@ -30,6 +33,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TypeVar
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from engine_builder import (
     EngineDirError,
     build_engines,
@@ -39,7 +45,7 @@ from engine_builder import (
 )
 from engine_builder.manifest import MANIFEST_NAME
 from whisperwire.client.modal_discovery import HEARTBEAT_SECONDS, TunnelEndpoint
-from whisperwire.server.app import RunningServer, start_server
+from whisperwire.server.app import RunningServer, exit_for_replacement, start_server
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engine import Engine
 from whisperwire.server.errors import ConfigurationError
@@ -58,13 +64,17 @@ class Tunnel(Protocol):
     """The part of `modal.Tunnel` used here."""
 
     @property
-    def tcp_socket(self) -> tuple[str, int]: ...
+    def tls_socket(self) -> tuple[str, int]: ...
 
 
 class Forward(Protocol):
     """`modal.forward`: exposes a container port while the context is open."""
 
-    def __call__(self, port: int, *, unencrypted: bool = ...) -> AbstractContextManager[Tunnel]: ...
+    def __call__(self, port: int, *, h2_enabled: bool = ...) -> AbstractContextManager[Tunnel]: ...
+
+
+Probe = Callable[[TunnelEndpoint], bool]
+"""Whether the endpoint's public address still answers (the heartbeat's precondition)."""
 
 
 class Registry(Protocol):
@@ -91,8 +101,14 @@ class BackgroundServer:
     """`start_server` on a dedicated thread and event loop; `start` returns once it serves."""
 
     def __init__(
-        self, settings: ServerSettings, engine: Engine, tokenizer: WhisperTokenizer
+        self,
+        settings: ServerSettings,
+        engine: Engine,
+        tokenizer: WhisperTokenizer,
+        *,
+        on_engine_lost: Callable[[], None] = exit_for_replacement,
     ) -> None:
+        self._on_engine_lost = on_engine_lost
         self._settings = settings
         self._engine = engine
         self._tokenizer = tokenizer
@@ -114,7 +130,15 @@ class BackgroundServer:
         except BaseException:
             self._stop_loop()
             raise
+        asyncio.run_coroutine_threadsafe(self._exit_when_engine_lost(self._running), self._loop)
         return self._running
+
+    async def _exit_when_engine_lost(self, running: RunningServer) -> None:
+        """A lost engine cannot serve again: stop quickly so the platform replaces this
+        container (its stuck engine thread would block an ordinary exit)."""
+        await running.engine_lost.wait()
+        await running.drain_and_stop(grace=1.0)
+        self._on_engine_lost()
 
     def stop(self, grace: float) -> None:
         """Drain (open streams get their finals within `grace` seconds), then end the thread."""
@@ -164,11 +188,13 @@ class Heartbeat:
         endpoint: TunnelEndpoint,
         interval: float,
         clock: Callable[[], float],
+        probe: Probe,
     ) -> None:
         self._registry = registry
         self._endpoint = endpoint
         self._interval = interval
         self._clock = clock
+        self._probe = probe
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="whisperwire-heartbeat", daemon=True)
 
@@ -183,6 +209,10 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
+            if not self._probe(self._endpoint):
+                # Clients would fail there: let the entry go stale instead of re-stamping it.
+                log.warning("the public address %s does not answer", self._endpoint.target)
+                continue
             try:
                 self._registry.put(
                     self._endpoint.container, self._endpoint.beat(self._clock()).to_entry()
@@ -244,15 +274,20 @@ def serve_behind_tunnel(
     key: str,
     heartbeat_interval: float = HEARTBEAT_SECONDS,
     clock: Callable[[], float] = time.time,
+    probe: Probe | None = None,
 ) -> TunnelService:
-    """Start the server, expose it through `forward`, publish its address under `key`."""
+    """Start the server, expose it through `forward`, publish its address under `key`.
+
+    `probe` checks the public address before each beat (default: a gRPC health check over
+    TLS, `answers_health_check`).
+    """
     require_token(settings)
     server = BackgroundServer(settings, engine, tokenizer)
     running = server.start()
     tunnel_scope = ExitStack()
     try:
-        tunnel = tunnel_scope.enter_context(forward(running.port, unencrypted=True))
-        host, port = tunnel.tcp_socket
+        tunnel = tunnel_scope.enter_context(forward(running.port, h2_enabled=True))
+        host, port = tunnel.tls_socket
         now = clock()
         endpoint = TunnelEndpoint(
             host=host,
@@ -262,6 +297,7 @@ def serve_behind_tunnel(
             engine=engine.info.name,
             started_at=now,
             heartbeat_at=now,
+            tls=True,
         )
         # Unreachable clients make a server useless: a failed first publish fails startup.
         registry.put(key, endpoint.to_entry())
@@ -269,11 +305,35 @@ def serve_behind_tunnel(
         tunnel_scope.close()
         server.stop(grace=0)
         raise
-    heartbeat = Heartbeat(registry, endpoint, heartbeat_interval, clock)
+    heartbeat = Heartbeat(
+        registry, endpoint, heartbeat_interval, clock, probe or answers_health_check
+    )
     heartbeat.start()
     log.info("serving %s on port %d through the tunnel %s", key, running.port, endpoint.target)
     grace = settings.grace_seconds
     return TunnelService(server, tunnel_scope, registry, endpoint, heartbeat, grace)
+
+
+def answers_health_check(
+    endpoint: TunnelEndpoint, *, root_certificates: bytes | None = None, timeout: float = 5.0
+) -> bool:
+    """Whether a gRPC health check through the endpoint's public address is answered.
+
+    Health checks need no token, so any answer (SERVING or not) proves the path works.
+    """
+    if endpoint.tls:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        channel = grpc.secure_channel(endpoint.target, credentials)
+    else:
+        channel = grpc.insecure_channel(endpoint.target)
+    with channel:
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return True
 
 
 def drain_on_sigterm(stop: Callable[[], None]) -> None:

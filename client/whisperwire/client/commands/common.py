@@ -28,7 +28,7 @@ from whisperwire.client.errors import (
     WhisperwireClientError,
 )
 from whisperwire.client.mic import MicrophoneError
-from whisperwire.client.modal_discovery import resolve_target
+from whisperwire.client.modal_discovery import resolve_endpoint
 from whisperwire.client.options import RecognitionOptions
 
 EXIT_OK, EXIT_SERVICE, EXIT_LOCAL, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -122,7 +122,9 @@ def run(args: argparse.Namespace, command: Callable[[], Coroutine[Any, Any, int]
     name = f"whisperwire {args.command}"
     try:
         if getattr(args, "modal_app", None):
-            args.server = resolve_target(args.modal_app, environment=args.modal_environment)
+            endpoint = resolve_endpoint(args.modal_app, environment=args.modal_environment)
+            # The registry says whether the address is a TLS tunnel (current servers) or raw TCP.
+            args.server, args.tls = endpoint.target, args.tls or endpoint.tls
         return asyncio.run(command())
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
