@@ -4,20 +4,22 @@
 # TensorRT-LLM 1.2.1, unary transcription and push-to-talk streaming, behind a bearer token.
 #
 # Modal's web endpoints speak HTTP/1.1, and gRPC needs HTTP/2. So the server listens on a
-# plain TCP port that `modal.forward(port, unencrypted=True)` exposes through a public raw-TCP
-# tunnel. The tunnel's address is random per container, so each container publishes it in a
-# named `modal.Dict`, refreshes a heartbeat there, and withdraws it when it drains; clients
-# (`whisperwire --modal-app whisperwire ...`) read the Dict and pick a live server.
+# plain port that `modal.forward(port, h2_enabled=True)` exposes through a public TLS tunnel:
+# Modal's relay terminates TLS, offers HTTP/2 (which gRPC clients insist on) and passes
+# cleartext HTTP/2 to the server. The tunnel's address is random per container, so each
+# container publishes it in a named `modal.Dict`, refreshes a heartbeat there while the address
+# answers, and withdraws it when it drains; clients (`whisperwire --modal-app whisperwire ...`)
+# read the Dict and connect with TLS to a live server.
 #
-# A second, unverified variant serves the same server with `@app.server(h2_enabled=True)`,
-# which gives a stable, load-balanced URL if Modal's proxy carries gRPC's cleartext HTTP/2.
-#
-# Operator commands (docs/modal.md has the details):
+# Operator commands live in a second App, `whisperwire-ops`, so that running them never starts
+# the production server (`modal run` creates every function and class of an App). An unverified
+# variant behind a stable, load-balanced URL (`@app.server(h2_enabled=True)`) is deployed only
+# when asked for (WHISPERWIRE_MODAL_SERVER=1). Details in docs/modal.md.
 #
 # ```sh
 # modal secret create whisperwire-token WHISPERWIRE_TOKEN="$WHISPERWIRE_TOKEN"
 # modal run whisperwire_modal.py::build_engines     # once per model/precision/GPU
-# modal deploy whisperwire_modal.py
+# modal deploy whisperwire_modal.py                 # the tunnel servers (App `whisperwire`)
 # whisperwire --modal-app whisperwire ...           # any machine with Modal credentials
 # modal run whisperwire_modal.py::smoke             # tiny.en end to end, prints text + timings
 # modal run whisperwire_modal.py::benchmark         # RTFx and push-to-talk latency table
@@ -34,8 +36,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 import modal
+import tomllib
 
-from whisperwire.client.modal_discovery import registry_name, resolve_target
+from whisperwire.client.modal_discovery import registry_name, resolve_endpoint
 
 # ## Constants
 #
@@ -62,6 +65,9 @@ SETTINGS_ENV: dict[str, str | None] = {
     "WHISPERWIRE_MODAL_REGISTRY": REGISTRY,
 }
 
+# The load-balanced `@app.server` variant (unverified) is deployed only when set to 1.
+SCALE_OUT_SERVER = os.environ.get("WHISPERWIRE_MODAL_SERVER", "") == "1"
+
 SMOKE_MODEL = "tiny.en"
 SMOKE_APP = f"{APP_NAME}-smoke"
 BENCHMARK_APP = f"{APP_NAME}-benchmark"
@@ -71,20 +77,24 @@ GRPC_PORT = 50051
 DRAIN_SECONDS = 20
 ENGINE_LOAD_TIMEOUT = 20 * MINUTES
 BUILD_TIMEOUT = 2 * 60 * MINUTES
+# An ops server only serves its tunnel, which Modal does not count as work: without this it
+# would be scaled down 60 s after its last method call, in the middle of a benchmark.
+OPS_SERVER_IDLE = 30 * MINUTES
 
 VOLUME_NAME = "whisperwire"
 VOLUME_PATH = PurePosixPath("/whisperwire")
 TOKEN_SECRET = "whisperwire-token"
 
-# The TensorRT-LLM 1.2.x stack is CUDA 13: torch 2.9.1 built for CUDA 13.0 (PyTorch's cu130
-# index; PyPI's torch is CUDA 12.8) and the tensorrt-llm wheel from NVIDIA's index (PyPI only
-# has a stub that redirects there).
+# The TensorRT-LLM 1.2.x stack is CUDA 13 (docs/trtllm.md#install): torch 2.9.1 and torchvision
+# built for CUDA 13.0 (PyTorch's cu130 index; PyPI's are CUDA 12 builds), the tensorrt-llm wheel
+# from NVIDIA's index (PyPI only has a stub that redirects there), and an R580+ host driver.
 CUDA_IMAGE = "nvidia/cuda:13.1.0-devel-ubuntu24.04"
 PYTHON_VERSION = "3.12"
 TENSORRT_LLM_VERSION = "1.2.1"
 TORCH_VERSION = "2.9.1"
 TORCH_INDEX_URL = "https://download.pytorch.org/whl/cu130"
 NVIDIA_INDEX_URL = "https://pypi.nvidia.com"
+MIN_DRIVER_MAJOR = 580  # CUDA 13
 
 PROJECT_DIR = Path(__file__).resolve().parent
 PROJECT_IN_IMAGE = "/opt/whisperwire"
@@ -100,20 +110,48 @@ SHARED_AUDIO_DIR = PROJECT_DIR.parent / "shared" / "audio"
 
 # ## The container image
 #
-# NVIDIA's CUDA 13 devel image with a standalone Python 3.12, OpenMPI (TensorRT-LLM's runtime
-# imports mpi4py; containers run as root, which OpenMPI refuses unless told otherwise), torch
-# and TensorRT-LLM, then this project. The project comes last, so code changes rebuild only
-# that layer.
+# NVIDIA's CUDA 13 devel image with a standalone Python 3.12 and OpenMPI (TensorRT-LLM's runtime
+# imports mpi4py; containers run as root, which OpenMPI refuses unless told otherwise, and PMIx
+# needs `gds=hash` in containers, as Modal's TensorRT-LLM guide sets). Then, in this order:
+# torch and torchvision from the cu130 index, TensorRT-LLM (which keeps that torch), this
+# project's dependencies, and last the source, installed without dependencies so nothing above
+# moves; an edit rebuilds only the last two layers. `pip check` and a CUDA 13 check end it.
+
+
+def project_requirements() -> list[str]:
+    """The project's runtime and builder dependencies, from pyproject.toml (only read where the
+    image is defined, locally; a container never builds it)."""
+    if not modal.is_local():
+        return []
+    project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["builder"]]
+
+
+CUDA13_CHECK = (
+    "python -c \"import torch; v = torch.version.cuda or 'none'; "
+    "assert v.startswith('13'), f'torch is built for CUDA {v}, TensorRT-LLM 1.2.1 needs 13'\""
+)
 
 image = (
     modal.Image.from_registry(CUDA_IMAGE, add_python=PYTHON_VERSION)
     .entrypoint([])  # silence the base image's banner
     .apt_install("openmpi-bin", "libopenmpi-dev", "git", "wget")
-    .env({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
-    .pip_install(f"torch=={TORCH_VERSION}", index_url=TORCH_INDEX_URL)
+    .env(
+        {
+            "OMPI_ALLOW_RUN_AS_ROOT": "1",
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "PMIX_MCA_gds": "hash",
+        }
+    )
+    .pip_install(f"torch=={TORCH_VERSION}", "torchvision", index_url=TORCH_INDEX_URL)
     .pip_install(f"tensorrt-llm=={TENSORRT_LLM_VERSION}", extra_index_url=NVIDIA_INDEX_URL)
+    .pip_install(*project_requirements())
     .add_local_dir(PROJECT_DIR, PROJECT_IN_IMAGE, copy=True, ignore=NOT_SHIPPED)
-    .run_commands(f"python -m pip install '{PROJECT_IN_IMAGE}[builder]'")
+    .run_commands(
+        f"python -m pip install --no-deps '{PROJECT_IN_IMAGE}'",
+        "python -m pip check",
+        CUDA13_CHECK,
+    )
 )
 
 # The serving code needs CUDA and TensorRT-LLM only inside the container; locally (for
@@ -133,6 +171,8 @@ volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
 token_secret = modal.Secret.from_name(TOKEN_SECRET, required_keys=["WHISPERWIRE_TOKEN"])
 
 app = modal.App(APP_NAME)
+# Builds, smoke test and benchmark: running them never creates the production servers above.
+ops = modal.App(f"{APP_NAME}-ops")
 
 # ## Building engines
 #
@@ -142,7 +182,7 @@ app = modal.App(APP_NAME)
 # already on the Volume is not built again.
 
 
-@app.function(
+@ops.function(
     image=image,
     gpu=GPU,
     volumes={VOLUME_PATH: volume},
@@ -152,6 +192,7 @@ app = modal.App(APP_NAME)
     memory=32 * 1024,
 )
 def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU) -> dict[str, Any]:
+    deploy.require_gpu_driver(MIN_DRIVER_MAJOR)
     root = Path(VOLUME_PATH)
     result = deploy.build_into_volume(root, model, precision, gpu=gpu, commit=volume.commit)
     status = "built" if result.built else "already built"
@@ -159,11 +200,12 @@ def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU
     return {"engine_dir": str(result.engine_dir), "built": result.built}
 
 
-def serving_settings() -> ServerSettings:
+def serving_settings(model: str = "") -> ServerSettings:
     """Settings for this container: the newest matching engine build on the Volume."""
+    deploy.require_gpu_driver(MIN_DRIVER_MAJOR)
     engine_dir = deploy.find_engine_dir(
         Path(VOLUME_PATH, deploy.ENGINES_DIR),
-        MODEL,
+        model or MODEL,
         PRECISION,
         trtllm_version=installed_trtllm_version() or TENSORRT_LLM_VERSION,
         gpu_name=detect_gpu_name(),
@@ -174,11 +216,29 @@ def serving_settings() -> ServerSettings:
 # ## Serving through a tunnel
 #
 # Each container loads the engine, starts the gRPC server on its own thread and event loop
-# (Modal's loop only runs while an input executes), opens the tunnel, and registers. Modal keeps
-# `REPLICAS` containers up (`min_containers`); tunnel traffic is not a Modal input, so this is
-# what keeps them alive, and what replaces one that dies or is preempted (its replacement
-# registers a new address). The one method, `endpoint`, answers which address this container
-# has; `modal run` entrypoints use it to start a server and wait until it is ready.
+# (Modal's loop only runs while an input executes), opens the TLS tunnel, and registers. Modal
+# keeps `REPLICAS` containers up (`min_containers`); tunnel traffic is not a Modal input, so
+# this is what keeps them alive, and what replaces one that dies, is preempted, or exits because
+# its engine stalled (its replacement registers a new address). The one method, `endpoint`,
+# answers which address this container has.
+
+
+def open_tunnel_service(model: str, registry: str) -> deploy.TunnelService:
+    """Load `model`'s engines, serve them through a TLS tunnel, register in `registry`."""
+    settings = serving_settings(model)
+    engine, tokenizer = load_engine(settings)
+    service = deploy.serve_behind_tunnel(
+        settings,
+        engine,
+        tokenizer,
+        forward=modal.forward,
+        registry=modal.Dict.from_name(registry, create_if_missing=True),
+        key=os.environ.get("MODAL_TASK_ID") or f"local-{os.getpid()}",
+    )
+    # Modal stops containers with an interrupt (which runs the exit hook); a SIGTERM drains
+    # the same way.
+    deploy.drain_on_sigterm(service.stop)
+    return service
 
 
 @app.cls(
@@ -195,19 +255,7 @@ def serving_settings() -> ServerSettings:
 class TunnelServer:
     @modal.enter()
     def start(self) -> None:
-        settings = serving_settings()
-        engine, tokenizer = load_engine(settings)
-        self.service = deploy.serve_behind_tunnel(
-            settings,
-            engine,
-            tokenizer,
-            forward=modal.forward,
-            registry=modal.Dict.from_name(REGISTRY, create_if_missing=True),
-            key=os.environ.get("MODAL_TASK_ID") or f"local-{os.getpid()}",
-        )
-        # Modal stops containers with an interrupt (which runs `stop` below); a SIGTERM drains
-        # the same way.
-        deploy.drain_on_sigterm(self.service.stop)
+        self.service = open_tunnel_service(MODEL, REGISTRY)
 
     @modal.method()
     def endpoint(self) -> dict[str, Any]:
@@ -218,76 +266,113 @@ class TunnelServer:
         self.service.stop()
 
 
-# ## Scaling out behind one URL (unverified)
+# ## Scaling out behind one URL (unverified, opt-in)
 #
 # `@app.server` gives a stable URL (`https://<workspace>--whisperwire-grpcserver.<region>.
 # modal.direct`, printed by `modal deploy`) that load-balances over containers and scales them
 # with the number of concurrent requests. With `h2_enabled=True` Modal's proxy forwards HTTP/2
-# to the container as cleartext h2c (so says `modal server deploy --help`), which is what a
-# gRPC server listening on a plain port accepts. Nobody has run gRPC through it yet (does the
-# proxy offer h2 to TLS clients, as gRPC requires? does it cap long streams?): try
-# `whisperwire transcribe --server <host>:443 --tls ...` before relying on it. The proxy's own
-# authentication (Modal-Key/Modal-Secret headers) is off; the bearer token is not.
+# to the container as cleartext h2c, which a gRPC server on a plain port accepts. Nobody has run
+# gRPC through it yet, and its URL is predictable: any request to it can cold-start a GPU. So it
+# is deployed only with WHISPERWIRE_MODAL_SERVER=1. Modal's proxy authentication is off (gRPC
+# clients here do not send Modal-Key/Modal-Secret); the server's bearer token is not.
+
+if SCALE_OUT_SERVER:
+
+    @app.server(
+        image=image,
+        gpu=GPU,
+        volumes={VOLUME_PATH: volume},
+        secrets=[token_secret],
+        env=SETTINGS_ENV,
+        port=GRPC_PORT,
+        h2_enabled=True,
+        unauthenticated=True,
+        startup_timeout=ENGINE_LOAD_TIMEOUT,
+        exit_grace_period=DRAIN_SECONDS + 10,
+        target_concurrency=16,
+        min_containers=0,
+        max_containers=4,
+    )
+    class GrpcServer:
+        @modal.enter()
+        def start(self) -> None:
+            settings = serving_settings()
+            deploy.require_token(settings)
+            engine, tokenizer = load_engine(settings)
+            self.server = deploy.BackgroundServer(settings, engine, tokenizer)
+            self.server.start()
+
+        @modal.exit()
+        def stop(self) -> None:
+            self.server.stop(DRAIN_SECONDS)
 
 
-@app.server(
+# ## A server for the ops entrypoints
+#
+# The smoke test and the benchmark start their own tunnel server, of the model they test and
+# registered in their own Dict, in the ops App: clients of the deployed app never see it, and
+# running them never starts a production server. It stays up for `OPS_SERVER_IDLE` after its last
+# call (tunnel traffic does not count), so it is not scaled down mid-run.
+
+
+@ops.cls(
     image=image,
     gpu=GPU,
     volumes={VOLUME_PATH: volume},
     secrets=[token_secret],
     env=SETTINGS_ENV,
-    port=GRPC_PORT,
-    h2_enabled=True,
-    unauthenticated=True,
+    max_containers=1,
+    scaledown_window=OPS_SERVER_IDLE,
     startup_timeout=ENGINE_LOAD_TIMEOUT,
-    exit_grace_period=DRAIN_SECONDS + 10,
-    target_concurrency=16,
-    min_containers=0,
-    max_containers=4,
+    timeout=5 * MINUTES,
 )
-class GrpcServer:
+class OpsServer:
     @modal.enter()
     def start(self) -> None:
-        settings = serving_settings()
-        deploy.require_token(settings)
-        engine, tokenizer = load_engine(settings)
-        self.server = deploy.BackgroundServer(settings, engine, tokenizer)
-        self.server.start()
+        # `ops_server` sets these for each run, in the container's environment.
+        self.service = open_tunnel_service(MODEL, REGISTRY)
+
+    @modal.method()
+    def endpoint(self) -> dict[str, Any]:
+        return self.service.endpoint.to_entry()
 
     @modal.exit()
     def stop(self) -> None:
-        self.server.stop(DRAIN_SECONDS)
+        self.service.stop()
 
 
-# ## Smoke test: `modal run whisperwire_modal.py::smoke`
-#
-# Builds tiny.en engines if they are missing, starts a tiny.en tunnel server (its own registry,
-# so clients of the deployed app never see it), finds it through the registry as any client
-# would, and transcribes jfk.flac through the tunnel with the SDK. Needs the token locally in
-# `WHISPERWIRE_TOKEN`.
-
-
-@app.local_entrypoint()
-def smoke(audio: str = "") -> None:
-    token = local_token()
-    clip = Path(audio) if audio else jfk_clip(Path.home() / ".cache" / "whisperwire")
-    print("engines:", build_engines.remote(SMOKE_MODEL, "float16", GPU))
-    started = time.perf_counter()
-    endpoint = server_variant(SMOKE_MODEL, SMOKE_APP)().endpoint.remote()
-    print(f"server up in {time.perf_counter() - started:.1f} s: {endpoint}")
-    target = resolve_target(SMOKE_APP)
-    print(asyncio.run(transcribe_once(target, token, clip)).describe())
-
-
-def server_variant(model: str, registry_app: str) -> Any:
-    """TunnelServer serving `model`, registering in `registry_app`'s Dict."""
+def ops_server(model: str, registry_app: str) -> Any:
+    """An OpsServer of `model`, registering in `registry_app`'s Dict."""
     env: dict[str, str | None] = {
         **SETTINGS_ENV,
         "WHISPERWIRE_MODAL_MODEL": model,
         "WHISPERWIRE_MODAL_REGISTRY": registry_name(registry_app),
     }
-    # with_options replaces the secrets, so the token Secret is passed again.
-    return cast(modal.Cls, TunnelServer).with_options(secrets=[token_secret], env=env)
+    # with_options replaces the secrets, so the token Secret is passed again; the variant
+    # scales on its own, so it gets the idle window too.
+    variant = cast(modal.Cls, OpsServer).with_options(
+        secrets=[token_secret], env=env, scaledown_window=OPS_SERVER_IDLE
+    )
+    return variant()
+
+
+# ## Smoke test: `modal run whisperwire_modal.py::smoke`
+#
+# Builds tiny.en engines if they are missing, starts a tiny.en ops server, finds it through its
+# registry as any client would, and transcribes jfk.flac through the TLS tunnel with the SDK.
+# Needs the token locally in `WHISPERWIRE_TOKEN`.
+
+
+@ops.local_entrypoint()
+def smoke(audio: str = "") -> None:
+    token = local_token()
+    clip = Path(audio) if audio else jfk_clip(Path.home() / ".cache" / "whisperwire")
+    print("engines:", build_engines.remote(SMOKE_MODEL, "float16", GPU))
+    started = time.perf_counter()
+    endpoint = ops_server(SMOKE_MODEL, SMOKE_APP).endpoint.remote()
+    print(f"server up in {time.perf_counter() - started:.1f} s: {endpoint}")
+    found = resolve_endpoint(SMOKE_APP)
+    print(asyncio.run(transcribe_once(found.target, token, clip, tls=found.tls)).describe())
 
 
 def local_token() -> str:
@@ -327,13 +412,22 @@ class SmokeReport:
         )
 
 
-async def transcribe_once(target: str, token: str, audio: Path) -> SmokeReport:
-    """One Transcribe call with server-side timings, through a plaintext channel."""
+async def transcribe_once(
+    target: str,
+    token: str,
+    audio: Path,
+    *,
+    tls: bool = True,
+    root_certificates: bytes | None = None,
+) -> SmokeReport:
+    """One Transcribe call with server-side timings (TLS with the system's roots by default)."""
     from whisperwire.client.aio import AsyncClient
     from whisperwire.client.options import RecognitionOptions
 
     options = RecognitionOptions(language="en", include_timings=True)
-    async with AsyncClient(target, token=token, timeout=5 * MINUTES) as client:
+    async with AsyncClient(
+        target, token=token, tls=tls, root_certificates=root_certificates, timeout=5 * MINUTES
+    ) as client:
         started = time.perf_counter()
         transcript = await client.transcribe(audio, options)
         round_trip = time.perf_counter() - started
@@ -358,17 +452,18 @@ async def transcribe_once(target: str, token: str, audio: Path) -> SmokeReport:
 # `--audio-dir` (default: the shared clips beside the checkout, else jfk.flac).
 
 
-@app.local_entrypoint()
+@ops.local_entrypoint()
 def benchmark(
     model: str = MODEL, concurrency: str = "1,4,16", rounds: int = 3, audio_dir: str = ""
 ) -> None:
     token = local_token()
     clips = load_clips(benchmark_files(Path(audio_dir) if audio_dir else SHARED_AUDIO_DIR))
     print("engines:", build_engines.remote(model, PRECISION, GPU))
-    endpoint = server_variant(model, BENCHMARK_APP)().endpoint.remote()
+    endpoint = ops_server(model, BENCHMARK_APP).endpoint.remote()
     print(f"server: {endpoint}")
     levels = [int(level) for level in concurrency.split(",")]
-    rows = asyncio.run(run_benchmark(resolve_target(BENCHMARK_APP), token, clips, levels, rounds))
+    found = resolve_endpoint(BENCHMARK_APP)
+    rows = asyncio.run(run_benchmark(found.target, token, clips, levels, rounds, tls=found.tls))
     print(format_table(rows))
 
 
@@ -425,12 +520,17 @@ async def run_benchmark(
     rounds: int,
     *,
     pace: float = 1.0,
+    tls: bool = True,
+    root_certificates: bytes | None = None,
 ) -> list[BenchRow]:
     """One row per concurrency level. `pace` 1.0 streams audio in real time; 0 as fast as it can."""
+    from whisperwire.client.channel import Connection
+
+    connection = Connection(target, token, tls=tls, root_certificates=root_certificates)
     rows = []
     for level in concurrencies:
-        audio_seconds, wall, unary = await _unary_level(target, token, clips, level, rounds)
-        ptt = await _push_to_talk_level(target, token, clips, level, rounds, pace)
+        audio_seconds, wall, unary = await _unary_level(connection, clips, level, rounds)
+        ptt = await _push_to_talk_level(connection, clips, level, rounds, pace)
         rows.append(
             BenchRow(
                 concurrency=level,
@@ -447,16 +547,15 @@ async def run_benchmark(
 
 
 async def _unary_level(
-    target: str, token: str, clips: list[BenchClip], level: int, rounds: int
+    connection: Any, clips: list[BenchClip], level: int, rounds: int
 ) -> tuple[float, float, list[float]]:
-    from whisperwire.client.aio import AsyncClient
     from whisperwire.client.options import RecognitionOptions
 
     options = RecognitionOptions(language="en")
 
     async def worker(index: int) -> list[tuple[float, float]]:
         done = []
-        async with AsyncClient(target, token=token) as client:
+        async with _client(connection) as client:
             await client.health()  # connect before timing
             for round_ in range(rounds):
                 clip = clips[(index + round_) % len(clips)]
@@ -473,7 +572,7 @@ async def _unary_level(
 
 
 async def _push_to_talk_level(
-    target: str, token: str, clips: list[BenchClip], level: int, rounds: int, pace: float
+    connection: Any, clips: list[BenchClip], level: int, rounds: int, pace: float
 ) -> list[float]:
     from whisperwire.client.aio import AsyncClient
     from whisperwire.client.options import RecognitionOptions, StreamOptions
@@ -496,7 +595,7 @@ async def _push_to_talk_level(
         raise RuntimeError("the stream ended without a final")
 
     async def worker(index: int) -> list[float]:
-        async with AsyncClient(target, token=token) as client:
+        async with _client(connection) as client:
             await client.health()
             return [
                 await utterance(client, clips[(index + round_) % len(clips)])
@@ -505,6 +604,17 @@ async def _push_to_talk_level(
 
     results = await asyncio.gather(*(worker(i) for i in range(level)))
     return [latency for worker_latencies in results for latency in worker_latencies]
+
+
+def _client(connection: Any) -> Any:
+    from whisperwire.client.aio import AsyncClient
+
+    return AsyncClient(
+        connection.target,
+        token=connection.token,
+        tls=connection.tls,
+        root_certificates=connection.root_certificates,
+    )
 
 
 def _p95(values: list[float]) -> float:

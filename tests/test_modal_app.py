@@ -7,8 +7,9 @@
   checkpoint conversion, the strict fake trtllm-build (tests/engine_builder), a temporary
   directory as the Volume.
 - The tunnel server class runs with `.local()` (its enter hook and method) on the TensorRT-LLM
-  contract double, with `modal.forward` and `modal.Dict` replaced by the loopback stand-ins;
-  the smoke test and benchmark code then run against it through the tunnel.
+  contract double, with `modal.forward` and `modal.Dict` replaced by the loopback stand-ins
+  (a TLS relay with a test certificate); the smoke test and benchmark code then run against it
+  through the TLS tunnel.
 """
 
 from __future__ import annotations
@@ -44,13 +45,16 @@ from tests.engine_builder.builder_support import (
 from tests.engine_builder.openai_layout import TINY_DIMS, random_state
 from tests.speech import HESTER, JFK, NIGHTFALL, wer
 from tests.test_modal_standins import DictStandIn, LoopbackForward
+from tests.tls_support import make_certificate
 from tests.trtllm_double.support import TINY_EN, double_importable, write_engine_dir
 from whisperwire.client.modal_discovery import TunnelEndpoint, resolve_target
 from whisperwire.server import deploy
+from whisperwire.server.errors import ConfigurationError
 
 REPO = Path(__file__).resolve().parents[1]
 APP_FILE = REPO / "whisperwire_modal.py"
 TOKEN = "modal-app-test-token"
+NVIDIA_DRIVER_VERSION = deploy.nvidia_driver_version  # the real query (fixtures replace it)
 # `.local()` warns that the Volume is not mounted: here a temporary directory stands in for it.
 pytestmark = pytest.mark.filterwarnings("ignore:.*executing locally.*:UserWarning")
 
@@ -86,7 +90,7 @@ def import_recorded(monkeypatch: pytest.MonkeyPatch, **environ: str) -> Recorded
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     recorded = Recorded(ModuleType("unused"), {}, [])
-    for method in ("function", "cls", "server"):
+    for method in ("function", "cls", "server", "local_entrypoint"):
         monkeypatch.setattr(modal.App, method, _recording_decorator(method, recorded))
     for step in ("apt_install", "env", "pip_install", "add_local_dir", "run_commands"):
         monkeypatch.setattr(modal.Image, step, _recording_step(step, recorded))
@@ -113,7 +117,7 @@ def _recording_decorator(method: str, recorded: Recorded) -> Callable[..., Any]:
         decorate = original(self, **kwargs)
 
         def decorate_and_record(target: Any) -> Any:
-            recorded.decorations[target.__name__] = (method, kwargs)
+            recorded.decorations[target.__name__] = (method, {**kwargs, "app": self.name})
             return decorate(target)  # modal validates the settings here
 
         return decorate_and_record
@@ -133,7 +137,7 @@ def _recording_step(step: str, recorded: Recorded) -> Callable[..., Any]:
 
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> Recorded:
-    for name in ("GPU", "MODEL", "PRECISION", "REPLICAS", "REGISTRY"):
+    for name in ("GPU", "MODEL", "PRECISION", "REPLICAS", "REGISTRY", "SERVER"):
         monkeypatch.delenv(f"WHISPERWIRE_MODAL_{name}", raising=False)
     return import_recorded(monkeypatch)
 
@@ -168,7 +172,28 @@ def test_the_tunnel_server_stays_up_with_the_token_secret(recorded: Recorded) ->
     assert settings["env"]["WHISPERWIRE_MODAL_REGISTRY"] == "whisperwire-endpoints"
 
 
-def test_the_scale_out_variant_is_an_h2_server_on_the_grpc_port(recorded: Recorded) -> None:
+def test_ops_entrypoints_live_in_their_own_app(recorded: Recorded) -> None:
+    """`modal run` creates a whole App: the ops one holds no production server."""
+    apps = {name: settings["app"] for name, (_, settings) in recorded.decorations.items()}
+    assert apps == {
+        "TunnelServer": "whisperwire",
+        "build_engines": "whisperwire-ops",
+        "OpsServer": "whisperwire-ops",
+        "smoke": "whisperwire-ops",
+        "benchmark": "whisperwire-ops",
+    }
+
+
+def test_the_ops_server_is_not_scaled_down_mid_run(recorded: Recorded) -> None:
+    _, settings = recorded.decorations["OpsServer"]
+    assert settings["scaledown_window"] >= 20 * 60 and settings["max_containers"] == 1
+    assert "min_containers" not in settings
+
+
+def test_the_scale_out_variant_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WHISPERWIRE_MODAL_SERVER", raising=False)
+    assert "GrpcServer" not in import_recorded(monkeypatch).decorations
+    recorded = import_recorded(monkeypatch, WHISPERWIRE_MODAL_SERVER="1")
     method, settings = recorded.decorations["GrpcServer"]
     assert method == "server"
     assert (settings["port"], settings["h2_enabled"]) == (50051, True)
@@ -209,6 +234,7 @@ def test_the_image_pins_the_cuda13_tensorrt_llm_stack_and_installs_the_project(
         "env",
         "pip_install",
         "pip_install",
+        "pip_install",
         "add_local_dir",
         "run_commands",
     ]
@@ -216,17 +242,32 @@ def test_the_image_pins_the_cuda13_tensorrt_llm_stack_and_installs_the_project(
     assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-devel-ubuntu24\.04", base)
     assert base_options == {"add_python": "3.12"}
     assert {"openmpi-bin", "libopenmpi-dev"} <= set(steps[1][1])
-    assert steps[2][1][0] == {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    assert steps[2][1][0] == {
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "PMIX_MCA_gds": "hash",
+    }
+    # torch and torchvision together from the CUDA 13 index, then TensorRT-LLM...
     assert steps[3][1:] == (
-        ("torch==2.9.1",),
+        ("torch==2.9.1", "torchvision"),
         {"index_url": "https://download.pytorch.org/whl/cu130"},
     )
     assert steps[4][1:] == (
         ("tensorrt-llm==1.2.1",),
         {"extra_index_url": "https://pypi.nvidia.com"},
     )
-    assert steps[5][2]["copy"] is True  # build steps follow it
-    assert "[builder]" in steps[6][1][0]
+    # ...then the project's dependencies before its source, so an edit re-runs only the end...
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert list(steps[5][1]) == [
+        *project["dependencies"],
+        *project["optional-dependencies"]["builder"],
+    ]
+    assert steps[6][2]["copy"] is True  # build steps follow it
+    # ...installed without touching what is there, then checked.
+    install, check, cuda = steps[7][1]
+    assert "pip install --no-deps" in install and "[" not in install
+    assert check == "python -m pip check"
+    assert "torch.version.cuda" in cuda and "'13'" in cuda
 
 
 def test_the_image_pin_matches_the_trtllm_extra() -> None:
@@ -279,6 +320,7 @@ def test_build_engines_builds_into_the_volume_once_and_commits(
     monkeypatch.setattr(app, "VOLUME_PATH", PurePosixPath(volume_root))
     monkeypatch.setattr(app, "volume", volume)
     monkeypatch.setattr(engine_builder.build, "resolve_model", lambda name: tiny_checkpoint_server)
+    monkeypatch.setattr(deploy, "nvidia_driver_version", lambda: "580.82.07")
 
     first = app.build_engines.local("tiny", "float16", "L40S")
 
@@ -334,6 +376,11 @@ class LocalContainer:
     def target(self) -> str:
         return resolve_target("whisperwire", registry=self.registry)
 
+    @property
+    def roots(self) -> bytes:
+        """The stand-in relay's certificate (Modal's is trusted through the system's roots)."""
+        return self.forward.certificate.cert
+
 
 @pytest.fixture(scope="module")
 def local_container(
@@ -344,7 +391,7 @@ def local_container(
     write_engine_dir(
         volume_root / "engines", TINY_EN, ct2_model_dir=tiny_en_dir, assets_dir=whisper_assets_dir
     )
-    forward = LoopbackForward()
+    forward = LoopbackForward(make_certificate(tmp_path_factory.mktemp("relay"), "relay"))
     registry = DictStandIn(volume_root / "registry.pickle")
     opened: list[tuple[str, bool]] = []
 
@@ -361,6 +408,7 @@ def local_container(
         patch.setenv("MODAL_TASK_ID", "ta-01LOCAL")
         patch.setattr(modal, "forward", forward)
         patch.setattr(modal.Dict, "from_name", dict_from_name)
+        patch.setattr(deploy, "nvidia_driver_version", lambda: "580.82.07")
         container = app.TunnelServer()
         try:
             endpoint = container.endpoint.local()
@@ -380,14 +428,17 @@ def test_the_container_serves_the_volume_engine_through_a_registered_tunnel(
     assert local_container.opened_registries == [("whisperwire-endpoints", True)]
     assert local_container.registry.get("ta-01LOCAL") == local_container.endpoint
     (call,) = local_container.forward.calls
-    assert call["unencrypted"] is True
+    assert (call["h2_enabled"], call["unencrypted"]) == (True, False)
+    assert endpoint.tls is True
     assert local_container.target == endpoint.target
 
 
 async def test_the_smoke_check_transcribes_jfk_through_the_tunnel(
     local_container: LocalContainer,
 ) -> None:
-    report = await app.transcribe_once(local_container.target, TOKEN, JFK.path)
+    report = await app.transcribe_once(
+        local_container.target, TOKEN, JFK.path, root_certificates=local_container.roots
+    )
 
     assert wer(JFK.reference, report.text) <= 0.1
     assert report.model == "tiny.en"
@@ -401,7 +452,15 @@ async def test_the_benchmark_fills_a_row_per_concurrency(local_container: LocalC
     assert [round(clip.seconds, 1) for clip in clips] == [4.8, 6.6]
 
     # The shorter clip only: two levels, one round, as fast as the server answers.
-    rows = await app.run_benchmark(local_container.target, TOKEN, clips[:1], [1, 2], 1, pace=0)
+    rows = await app.run_benchmark(
+        local_container.target,
+        TOKEN,
+        clips[:1],
+        [1, 2],
+        1,
+        pace=0,
+        root_certificates=local_container.roots,
+    )
 
     assert [(r.concurrency, r.requests, r.streams) for r in rows] == [(1, 1, 1), (2, 2, 2)]
     for row in rows:
@@ -411,3 +470,27 @@ async def test_the_benchmark_fills_a_row_per_concurrency(local_container: LocalC
     table = app.format_table(rows).splitlines()
     assert table[0].split()[:3] == ["concurrency", "calls", "RTFx"]
     assert [line.split()[0] for line in table[1:]] == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("570.172.08", "driver 570.172.08 is too old.*R580"),
+        ("", "unreadable driver"),
+    ],
+)
+def test_a_host_driver_too_old_for_cuda_13_stops_the_container_clearly(
+    monkeypatch: pytest.MonkeyPatch, version: str, message: str
+) -> None:
+    monkeypatch.setattr(deploy, "nvidia_driver_version", lambda: version)
+    with pytest.raises(ConfigurationError, match=message):
+        deploy.require_gpu_driver(app.MIN_DRIVER_MAJOR)
+    monkeypatch.setattr(deploy, "nvidia_driver_version", lambda: "580.82.07")
+    deploy.require_gpu_driver(app.MIN_DRIVER_MAJOR)
+
+
+def test_without_nvidia_smi_the_driver_check_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy, "nvidia_driver_version", NVIDIA_DRIVER_VERSION)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigurationError, match="nvidia-smi"):
+        deploy.require_gpu_driver(580)

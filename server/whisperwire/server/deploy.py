@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -83,6 +84,38 @@ class Registry(Protocol):
     def put(self, key: str, value: dict[str, Any], /) -> object: ...
 
     def pop(self, key: str, default: Any, /) -> Any: ...
+
+
+def require_gpu_driver(minimum_major: int) -> None:
+    """Fail at container start, clearly, on a host driver too old for the image's CUDA (a CUDA
+    13 image needs R580+; Modal's driver version has changed over time)."""
+    try:
+        version = nvidia_driver_version()
+    except (OSError, subprocess.SubprocessError) as error:
+        raise ConfigurationError(
+            f"cannot read the NVIDIA driver version with nvidia-smi ({error}): is a GPU attached?"
+        ) from error
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise ConfigurationError(f"nvidia-smi reported an unreadable driver {version!r}") from None
+    if major < minimum_major:
+        raise ConfigurationError(
+            f"this host's NVIDIA driver {version} is too old: the image's CUDA 13 (TensorRT-LLM "
+            f"1.2.1) needs driver R{minimum_major} or newer; try another GPU type or region"
+        )
+
+
+def nvidia_driver_version() -> str:
+    """The first GPU's driver version, e.g. "580.82.07"."""
+    output = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return output.strip().splitlines()[0] if output.strip() else ""
 
 
 def require_token(settings: ServerSettings) -> None:
