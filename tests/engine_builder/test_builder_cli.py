@@ -20,10 +20,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_convert_writes_a_trtllm_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     exit_code = main(["convert", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
-                      "--precision", "bfloat16"])  # fmt: skip
+                      "--precision", "float16"])  # fmt: skip
     assert exit_code == 0
     config = json.loads((out / "decoder" / "config.json").read_text())
-    assert config["dtype"] == "bfloat16"
+    assert config["dtype"] == "float16"
     assert load_file(str(out / "decoder" / "rank0.safetensors"))["lm_head.weight"].shape == (
         51865,
         384,
