@@ -3,7 +3,7 @@
 whisperwire_modal.py wires Modal's objects into these functions; tests pass loopback stand-ins.
 
 - The gRPC server runs on a thread of its own with its own event loop (`BackgroundServer`). In
-  an `@app.cls` container Modal's event loop runs only while an input executes (modal.md §4),
+  an `@app.cls` container Modal's event loop runs only while an input executes (docs/modal.md),
   so a server started on it would stall between inputs.
 - `serve_behind_tunnel` exposes the port with `forward(port, h2_enabled=True)`: Modal's relay
   terminates TLS and offers HTTP/2 through ALPN, which gRPC clients require, and passes
