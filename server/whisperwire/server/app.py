@@ -42,6 +42,15 @@ def load_engine(settings: ServerSettings) -> tuple[Engine, WhisperTokenizer]:
         from whisperwire.server.engines.trtllm_loader import load_trtllm_engine
 
         return load_trtllm_engine(settings)
+    if settings.engine == "torch":
+        from whisperwire.server.engines.torch import load_torch_engine
+
+        return load_torch_engine(
+            settings.model,
+            device=settings.device,
+            dtype=settings.compute_type,
+            max_batch_size=settings.max_batch_size,
+        )
     from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
     from whisperwire.server.models import resolve_model
 

@@ -20,10 +20,15 @@ FLAGS: list[tuple[str, type, str]] = [
         str,
         "model name (tiny.en, base, small, ...) or CTranslate2 model dir (default base)",
     ),
-    ("engine", str, "ctranslate2 (default) or trtllm"),
+    ("engine", str, "ctranslate2 (default), trtllm or torch"),
     ("engine-dir", str, "TensorRT-LLM engine dir from engine_builder (with --engine trtllm)"),
     ("device", str, "cpu (default) or cuda"),
-    ("compute-type", str, "CTranslate2 compute type (default: int8 on CPU where faster)"),
+    (
+        "compute-type",
+        str,
+        "CTranslate2 compute type (default: int8 on CPU where faster); torch engine: "
+        "float16 (CUDA default), bfloat16, float32 (CPU)",
+    ),
     ("threads", int, "engine threads (default: one per core)"),
     ("metrics-port", int, "serve Prometheus /metrics on this HTTP port"),
     ("token", str, "require 'authorization: Bearer TOKEN' on every call"),

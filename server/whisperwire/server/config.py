@@ -23,14 +23,16 @@ class ServerSettings(BaseSettings):
 
     model: str = "base"
     """Model name (tiny.en, base, small, ...) or a CTranslate2 model directory."""
-    engine: Literal["ctranslate2", "trtllm"] = "ctranslate2"
+    engine: Literal["ctranslate2", "trtllm", "torch"] = "ctranslate2"
+    """ctranslate2 (CPU, the default), trtllm (TensorRT-LLM engines) or torch (PyTorch)."""
     engine_dir: Path | None = None
     """TensorRT-LLM engine directory written by engine_builder (engine=trtllm)."""
     kv_cache_free_gpu_memory_fraction: float = Field(0.9, gt=0, le=1)
     """TensorRT-LLM: share of free GPU memory for the KV cache (the runtime's default)."""
     device: Literal["cpu", "cuda"] = "cpu"
     compute_type: str | None = None
-    """CTranslate2 compute type; unset picks int8 on CPU where it is faster."""
+    """CTranslate2 compute type (unset: int8 on CPU where it is faster); for the torch engine
+    its dtype: float16 (the CUDA default), bfloat16, or float32 (the CPU's)."""
     threads: int = 0
     """Engine threads (CTranslate2 intra_threads); 0 = one per core."""
 
