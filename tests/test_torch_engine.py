@@ -240,20 +240,20 @@ def test_openai_checkpoint_file_decodes_like_the_ctranslate2_directory(
 
 def test_missing_and_malformed_checkpoints_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "large-v3.pt"
-    with pytest.raises(ModelNotFoundError, match="large-v3.pt"):
+    with pytest.raises(ModelNotFoundError, match=r"large-v3\.pt"):
         load_torch_engine(str(missing), device="cpu", dtype=None, max_batch_size=1)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint" * 10)
-    with pytest.raises(ModelNotFoundError, match="garbage.pt"):
+    with pytest.raises(ModelNotFoundError, match=r"garbage\.pt"):
         load_torch_engine(str(garbage), device="cpu", dtype=None, max_batch_size=1)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
-    with pytest.raises(ModelNotFoundError, match="foreign.pt"):
+    with pytest.raises(ModelNotFoundError, match=r"foreign\.pt"):
         load_torch_engine(str(tmp_path / "foreign.pt"), device="cpu", dtype=None, max_batch_size=1)
     broken_dir = tmp_path / "ct2"
     broken_dir.mkdir()
     (broken_dir / "model.bin").write_bytes(b"\x06\x00\x00\x00truncated")
     (broken_dir / "config.json").write_text("{}")
-    with pytest.raises(ModelNotFoundError, match="model.bin"):
+    with pytest.raises(ModelNotFoundError, match=r"model\.bin"):
         load_checkpoint(broken_dir)
 
 
