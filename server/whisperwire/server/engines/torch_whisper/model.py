@@ -36,7 +36,10 @@ class ModelDimensions:
 class LayerNorm(nn.LayerNorm):
     def forward(self, x: Tensor) -> Tensor:
         # Normalise in float32 as OpenAI does: half-precision variance loses digits.
-        return super().forward(x.float()).type(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        normed = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+        return normed.type(x.dtype)
 
 
 class Attention(nn.Module):
