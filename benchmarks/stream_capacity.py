@@ -11,7 +11,7 @@ Two modes, alternating:
 - ptt: push-to-talk, end_utterance every ~3 s per stream (phases staggered), so every stream
   also costs a final (VAD + 30 s log-mel + an instant engine call) every 3 s;
 - chunks: audio only (finals only when streams close, outside the window), comparable to the
-  0.24 %/stream anchor (raw grpc.aio bytes handlers, performance.md §5).
+  0.24 %/stream anchor (raw grpc.aio bytes handlers, docs/performance.md).
 
     python -m benchmarks.stream_capacity                       # N = 10, 50, 100; ~3 min
     python -m benchmarks.stream_capacity --streams 10,50,100,200 --seconds 30 --repeats 2
@@ -57,7 +57,7 @@ from tests.speech import JFK
 CHUNK_BYTES = 640
 CHUNK_SECONDS = 0.02
 STREAMS_PER_CHANNEL = 50  # HTTP/2 connections commonly cap concurrent streams at 100
-ANCHOR_PERCENT_PER_STREAM = 0.24  # performance.md §5: paced bidi, 50 msg/s, raw grpc.aio
+ANCHOR_PERCENT_PER_STREAM = 0.24  # paced bidi, 50 msg/s, raw grpc.aio: docs/performance.md
 GOAL_PERCENT_PER_STREAM = 0.3
 PTT, CHUNKS = "ptt", "chunks"
 
@@ -334,7 +334,7 @@ def figures_for(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[Fi
                     f"server CPU per 50 msg/s stream, {n} streams, {what}{tag}",
                     value,
                     "% of a core",
-                    "raw grpc.aio paced bidi (performance.md §5)",
+                    "raw grpc.aio paced bidi (docs/performance.md)",
                     ANCHOR_PERCENT_PER_STREAM,
                     goal=f"<= {GOAL_PERCENT_PER_STREAM} %",
                     goal_met=value <= GOAL_PERCENT_PER_STREAM,

@@ -3,7 +3,8 @@ mid-decode or stop reading; floods of tiny chunks; chunks over the limits; idle 
 too many streams at once; an engine failure on one batch; SIGTERM under load; a restart.
 
 Waits are conditions polled a bounded number of times, never timing asserts; what is
-measured (memory, rates, exit times) is printed and written to benchmarks/results/load/.
+measured (memory, rates, exit times) is printed and written by the `publish` fixture (to a
+temporary folder; `--report-dir benchmarks/results/load` publishes it).
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ import asyncio
 import contextlib
 import functools
 import gc
-import json
 import resource
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -36,6 +34,7 @@ from tests.grpc_helpers import (
     stub,
 )
 from tests.load.serve_process import ServeProcess
+from tests.reports import Publish
 from tests.speech import HESTER, JFK, NIGHTFALL, Clip, load_pcm16k, to_s16le, wer
 from whisperwire.client import AsyncClient, RetryPolicy, StreamOptions
 from whisperwire.client.call_status import ServerStatus
@@ -60,7 +59,6 @@ OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 # A reader with a 1 KiB HTTP/2 window: the server can send it almost nothing unread.
 SLOW_READER = [*OWN_CONNECTION, ("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
 POLLS = 400  # bounded waits: 400 × 50 ms
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "load"
 GREEDY = {"language": "en", "temperature": 0.0}  # one engine call per utterance: no fallback
 
 
@@ -155,13 +153,6 @@ async def still_serves(channel: grpc.aio.Channel) -> None:
     assert wer(HESTER.reference, final.final_result.transcript.text) <= 0.1
 
 
-def publish(name: str, figures: dict[str, Any]) -> None:
-    text = json.dumps(figures, indent=2)
-    print(f"\n{name}:\n{text}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(text + "\n")
-
-
 @contextlib.asynccontextmanager
 async def own_channel(
     running: RunningServer, options: list[tuple[str, int]] = OWN_CONNECTION
@@ -212,7 +203,7 @@ async def test_cancel_mid_decode_drops_the_call_and_its_queued_work(tiny_engine:
 
 
 async def test_slow_reader_is_held_back_and_server_memory_stays_bounded(
-    tiny_engine: Tiny,
+    tiny_engine: Tiny, publish: Publish
 ) -> None:
     """A client that stops reading while it talks with partials on: the server keeps at most a
     few events per utterance queued for it (not one per chunk), and all arrive in order once
@@ -269,7 +260,9 @@ def _peak_rss() -> int:
 
 
 # ---- odd and oversized input ------------------------------------------------------------
-async def test_flood_of_tiny_odd_sized_chunks_is_reassembled(tiny_engine: Tiny) -> None:
+async def test_flood_of_tiny_odd_sized_chunks_is_reassembled(
+    tiny_engine: Tiny, publish: Publish
+) -> None:
     data = pcm(HESTER)
     sizes = [0, 1, 2, 3, 5, 7]  # empty, odd and even: samples straddle chunks
     chunks: list[Request] = []
@@ -462,7 +455,7 @@ def serve_process() -> Iterator[ServeProcess]:
 
 
 async def test_sigterm_under_load_finalizes_every_open_utterance(
-    serve_process: ServeProcess,
+    serve_process: ServeProcess, publish: Publish
 ) -> None:
     streams = 20
     async with grpc.aio.insecure_channel(serve_process.target) as channel:

@@ -3,8 +3,8 @@
 whisperwire_modal.py wires Modal's objects into these functions; tests pass loopback stand-ins.
 
 - The gRPC server runs on a thread of its own with its own event loop (`BackgroundServer`). In
-  an `@app.cls` container Modal's event loop runs only while an input executes (modal.md §4),
-  so a server started on it would stall between inputs.
+  an `@app.cls` container Modal's event loop runs only while an input executes (docs/modal.md,
+  "Modal behaviour the code relies on"), so a server started on it would stall between inputs.
 - `serve_behind_tunnel` exposes the port with `forward(port, unencrypted=True)`: gRPC needs
   HTTP/2, which the tunnel's TLS endpoint does not offer, so clients use its raw TCP endpoint
   with a plaintext channel. That endpoint is public, hence a bearer token is required.
