@@ -256,15 +256,25 @@ def transformers_generate(model: Any, batch: int, repeats: int, static: bool) ->
 # ---- sections -------------------------------------------------------------------------------
 
 
-def throughput(results: Results, shapes: list[str], batches: list[int], with_hf: bool) -> None:
+def throughput(
+    results: Results, shapes: list[str], batches: list[int], with_hf: bool, compiled: bool
+) -> None:
+    variant = "ours-compiled-encoder" if compiled else "ours"
     for shape in shapes:
         dims = SHAPES[shape]
         model = random_model(dims, DTYPE)
         started = time.perf_counter()
-        decoder = decoder_for(model, max(batches))
-        results.put("throughput", f"{shape}/ours/setup_s", round(time.perf_counter() - started, 2))
+        decoder = decoder_for(model, max(batches), compile_encoder=compiled)
+        if compiled:  # compile (once, dynamic batch) before timing
+            decoder.encode(torch.randn(2, dims.n_mels, 3000))
+            synchronize()
+        results.put(
+            "throughput", f"{shape}/{variant}/setup_s", round(time.perf_counter() - started, 2)
+        )
         for batch in batches:
-            results.put("throughput", f"{shape}/ours/b{batch}", ours(decoder, batch, repeats=3))
+            results.put(
+                "throughput", f"{shape}/{variant}/b{batch}", ours(decoder, batch, repeats=3)
+            )
         del model, decoder
         empty_cache()
         if not with_hf:
@@ -313,6 +323,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="large-v3-turbo,large-v3")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--compile-encoder", action="store_true", help="torch.compile our encoder")
     parser.add_argument("--models-dir", type=Path, default=Path("/root/w/models"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
@@ -327,7 +338,7 @@ def main() -> None:
         alone(results, shapes)
     if "throughput" in sections:
         batches = [int(b) for b in args.batches.split(",")]
-        throughput(results, shapes, batches, with_hf=not args.no_transformers)
+        throughput(results, shapes, batches, not args.no_transformers, args.compile_encoder)
     if "wer" in sections:
         wer_section(results, args.models_dir)
 

@@ -50,6 +50,7 @@ def load_engine(settings: ServerSettings) -> tuple[Engine, WhisperTokenizer]:
             device=settings.device,
             dtype=settings.compute_type,
             max_batch_size=settings.max_batch_size,
+            compile_encoder=settings.torch_compile,
         )
     from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
     from whisperwire.server.models import resolve_model

@@ -30,6 +30,7 @@ FLAGS: list[tuple[str, type, str]] = [
         "float16 (CUDA default), bfloat16, float32 (CPU)",
     ),
     ("threads", int, "engine threads (default: one per core)"),
+    ("torch-compile", str, "torch engine: true = torch.compile the encoder (slower start)"),
     ("metrics-port", int, "serve Prometheus /metrics on this HTTP port"),
     ("token", str, "require 'authorization: Bearer TOKEN' on every call"),
     ("max-batch-size", int, "most windows per engine call (default 8)"),

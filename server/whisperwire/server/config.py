@@ -33,6 +33,9 @@ class ServerSettings(BaseSettings):
     compute_type: str | None = None
     """CTranslate2 compute type (unset: int8 on CPU where it is faster); for the torch engine
     its dtype: float16 (the CUDA default), bfloat16, or float32 (the CPU's)."""
+    torch_compile: bool = False
+    """torch engine: compile the encoder with torch.compile (adds about a minute to startup
+    for the large models; the encoder, most of a short utterance's GPU time, gets faster)."""
     threads: int = 0
     """Engine threads (CTranslate2 intra_threads); 0 = one per core."""
 

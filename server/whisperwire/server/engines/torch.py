@@ -40,6 +40,7 @@ class TorchEngine:
         dtype: str | None = None,
         max_batch_size: int = 8,
         cuda_graphs: bool = True,
+        compile_encoder: bool = False,
     ) -> None:
         dtype = dtype or default_dtype(device)
         _check_device(device, dtype)
@@ -53,6 +54,7 @@ class TorchEngine:
             self._special,
             max_rows=max_batch_size,
             use_cuda_graphs=cuda_graphs and device == "cuda",
+            compile_encoder=compile_encoder,
         )
         self.info = EngineInfo(
             name="torch",
@@ -144,6 +146,7 @@ def load_torch_engine(
     device: str,
     dtype: str | None,
     max_batch_size: int,
+    compile_encoder: bool = False,
 ) -> tuple[TorchEngine, WhisperTokenizer]:
     """`model`: an OpenAI checkpoint file (tokenizer beside it or in assets/), or anything
     `resolve_model` finds (a CTranslate2 directory, an offline package, the hub)."""
@@ -175,5 +178,6 @@ def load_torch_engine(
         device=device,
         dtype=dtype,
         max_batch_size=max_batch_size,
+        compile_encoder=compile_encoder,
     )
     return engine, tokenizer

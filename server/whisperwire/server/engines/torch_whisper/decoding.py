@@ -29,6 +29,9 @@ from whisperwire.server.engines.torch_whisper.model import (
 )
 
 FINISHED_CHECK_EVERY = 8  # steps between host reads of "every row finished?"
+# Self-attention reads only the first L cache slots; a graph is captured per L. Most windows
+# (prompt + text) fit in 64 slots, so attention rarely reads the whole 448.
+LENGTH_BUCKETS = (64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,9 @@ class WhisperDecoder:
         *,
         max_rows: int,
         use_cuda_graphs: bool,
+        compile_encoder: bool = False,
     ) -> None:
+        model.fuse()
         param = next(model.parameters())
         self.model, self.special, self.max_rows = model, special, max_rows
         self.device, self.dtype = param.device, param.dtype
@@ -92,7 +97,13 @@ class WhisperDecoder:
         self.state = _State(max_rows, dims.n_text_ctx, self.device)
         self._slots = torch.arange(dims.n_text_ctx, device=self.device)
         self._language_ids = torch.tensor(special.language_ids, device=self.device)
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        # dynamic=True: one compiled graph for every batch size (a recompile per size would
+        # cost tens of seconds each).
+        self._encoder = (
+            torch.compile(model.encoder, dynamic=True) if compile_encoder else model.encoder
+        )
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._lengths = [n for n in LENGTH_BUCKETS if n < dims.n_text_ctx] + [dims.n_text_ctx]
         self._first_logits: Tensor | None = None
         if use_cuda_graphs:
             self._capture_graphs()
@@ -102,7 +113,7 @@ class WhisperDecoder:
     @torch.inference_mode()
     def encode(self, mel: Tensor) -> Tensor:
         """[B, n_mels, 3000] float32 log-mel (any device) → [B, 1500, state]."""
-        return self.model.encoder(mel.to(self.device, self.dtype, non_blocking=True))  # type: ignore[no-any-return]
+        return self._encoder(mel.to(self.device, self.dtype, non_blocking=True))  # type: ignore[no-any-return]
 
     # ---- language -------------------------------------------------------------------------
 
@@ -138,12 +149,16 @@ class WhisperDecoder:
         self.cache.fill_cross(self.model, audio, slice(0, rows))
         no_speech_probs = self._start(prompts, bucket, no_speech)
         steps = self._steps(prompts, max_new_tokens)
+        prompt_length = max(len(p) for p in prompts)
         self._select(rows=bucket, temperature=temperature)
         for done in range(1, steps):
             if done % FINISHED_CHECK_EVERY == 0 and bool(self.state.finished[:bucket].all()):
                 break
-            self._step(bucket, temperature)
+            self._step(bucket, temperature, self._length(prompt_length + done))
         return self._collect(rows, no_speech_probs)
+
+    def _length(self, slots_needed: int) -> int:
+        return next(n for n in self._lengths if n >= slots_needed)
 
     def _steps(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> int:
         return max(1, min(max_new_tokens, self.text_ctx - max(len(p) for p in prompts)))
@@ -201,24 +216,25 @@ class WhisperDecoder:
         pad = torch.tensor([length - len(p) for p in prompts], device=self.device)
         slots = self._slots[:length]
         positions = (slots[None, :] - pad[:, None]).clamp(min=0)
-        keys = self._slots[None, None, :]
+        keys = slots[None, None, :]
         queries = slots[None, :, None]
         # Causal over the row's own tokens; a padding position attends only to itself.
         allowed = (keys <= queries) & ((keys >= pad[:, None, None]) | (keys == queries))
         return decode_tokens(self.model, self.cache, tokens, positions, slots, allowed[:, None])
 
-    def _step(self, rows: int, temperature: float) -> None:
-        graph = self._graphs.get(rows)
+    def _step(self, rows: int, temperature: float, length: int) -> None:
+        graph = self._graphs.get((rows, length))
         if graph is not None and temperature == 0:
             graph.replay()
             return
-        self._decode_step(rows, temperature)
+        self._decode_step(rows, length, temperature)
 
-    def _decode_step(self, rows: int, temperature: float = 0.0) -> None:
-        """Feed each row's current token at slot `step`, then select the next one."""
+    def _decode_step(self, rows: int, length: int, temperature: float = 0.0) -> None:
+        """Feed each row's current token at slot `step` (< length), then select the next one."""
         st = self.state
         pad = st.pad[:rows]
-        allowed = (self._slots[None, :] >= pad[:, None]) & (self._slots[None, :] <= st.step)
+        slots = self._slots[:length]
+        allowed = (slots[None, :] >= pad[:, None]) & (slots[None, :] <= st.step)
         hidden = decode_tokens(
             self.model,
             self.cache,
@@ -281,15 +297,16 @@ class WhisperDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side):
             for rows in buckets(self.max_rows):
-                for _ in range(2):  # warm-up: lazy kernel init must not happen during capture
+                for length in self._lengths:
+                    for _ in range(2):  # warm-up: lazy kernel init must not happen in capture
+                        st.sampled.zero_()
+                        self._decode_step(rows, length)
                     st.sampled.zero_()
-                    self._decode_step(rows)
-                st.sampled.zero_()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=side):
-                    self._decode_step(rows)
-                pool = graph.pool()
-                self._graphs[rows] = graph
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool, stream=side):
+                        self._decode_step(rows, length)
+                    pool = graph.pool()
+                    self._graphs[rows, length] = graph
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
 
@@ -343,7 +360,7 @@ class _BeamSearch:
             if all(len(done) >= k for done in finished) or not sources:
                 break
             self._reorder(sources, tokens)
-            logits_now = self._feed(rows)
+            logits_now = self._feed(rows, d._length(max(len(p) for p in prompts) + step + 1))
         probs = no_speech_probs.tolist() if no_speech_probs is not None else None
         return [
             self._best(
@@ -419,10 +436,11 @@ class _BeamSearch:
         st.token[:rows] = chosen
         st.sampled.add_(1)
 
-    def _feed(self, rows: int) -> Tensor:
+    def _feed(self, rows: int, length: int) -> Tensor:
         d, st = self.d, self.d.state
         pad = st.pad[:rows]
-        allowed = (d._slots[None, :] >= pad[:, None]) & (d._slots[None, :] <= st.step)
+        slots = d._slots[:length]
+        allowed = (slots[None, :] >= pad[:, None]) & (slots[None, :] <= st.step)
         hidden = decode_tokens(
             d.model,
             d.cache,

@@ -34,12 +34,8 @@ class ModelDimensions:
 
 
 class LayerNorm(nn.LayerNorm):
-    def forward(self, x: Tensor) -> Tensor:
-        # Normalise in float32 as OpenAI does: half-precision variance loses digits.
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        normed = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
-        return normed.type(x.dtype)
+    """PyTorch's layer norm accumulates half-precision inputs in float32 itself, so unlike
+    OpenAI's model this one needs no casts (one kernel instead of five per norm)."""
 
 
 class Attention(nn.Module):
@@ -50,6 +46,20 @@ class Attention(nn.Module):
         self.key = nn.Linear(n_state, n_state, bias=False)
         self.value = nn.Linear(n_state, n_state)
         self.out = nn.Linear(n_state, n_state)
+        self._qkv: tuple[Tensor, Tensor] | None = None
+
+    def fuse_qkv(self) -> None:
+        """One projection for Q|K|V (a third of the kernel launches); key bias is zero."""
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        zeros = torch.zeros_like(self.value.bias)
+        self._qkv = weight, torch.cat([self.query.bias, zeros, self.value.bias])
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, T, n_state] → Q, K, V as [B, H, T, d]."""
+        if self._qkv is None:
+            return self.heads(self.query(x)), self.heads(self.key(x)), self.heads(self.value(x))
+        q, k, v = F.linear(x, *self._qkv).chunk(3, dim=-1)
+        return self.heads(q), self.heads(k), self.heads(v)
 
     def heads(self, x: Tensor) -> Tensor:
         """[B, T, n_state] → [B, H, T, d]."""
@@ -79,8 +89,7 @@ class EncoderBlock(nn.Module):
         self.mlp_ln = LayerNorm(n_state)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.attn_ln(x)
-        q, k, v = (self.attn.heads(f(h)) for f in (self.attn.query, self.attn.key, self.attn.value))
+        q, k, v = self.attn.project_qkv(self.attn_ln(x))
         x = x + self.attn.merge(F.scaled_dot_product_attention(q, k, v))
         out: Tensor = x + self.mlp(self.mlp_ln(x))
         return out
@@ -142,6 +151,12 @@ class Whisper(nn.Module):
         self.encoder = AudioEncoder(dims)
         self.decoder = TextDecoder(dims)
 
+    def fuse(self) -> None:
+        """After the weights are loaded and placed: fuse every self-attention's Q|K|V."""
+        for module in self.modules():
+            if isinstance(module, (EncoderBlock, DecoderBlock)):
+                module.attn.fuse_qkv()
+
 
 class DecoderCache:
     """Preallocated decoder state for up to `rows` sequences: self-attention K/V over the
@@ -185,17 +200,17 @@ def decode_tokens(
     """Run the decoder over `tokens` [B, S] of rows 0..B-1 and return hidden states [B, S, state].
 
     `positions` [B, S] index the positional embedding; `cache_index` [S] are the cache slots
-    the S tokens' keys and values are written to; `mask` [B, 1, S, text_ctx] says which cache
-    slots each token may attend to. No host synchronisation: safe inside a CUDA graph.
+    the S tokens' keys and values are written to; `mask` [B, 1, S, L] says which of the first
+    L cache slots each token may attend to (L bounds what attention reads). No host
+    synchronisation: safe inside a CUDA graph.
     """
     decoder = model.decoder
-    rows = tokens.shape[0]
+    rows, length = tokens.shape[0], mask.shape[-1]
     x = decoder.token_embedding(tokens) + decoder.positional_embedding[positions]
     for i, block in enumerate(decoder.layers()):
         attn = block.attn
-        h = block.attn_ln(x)
-        q, k, v = (attn.heads(f(h)) for f in (attn.query, attn.key, attn.value))
-        self_k, self_v = cache.self_k[i, :rows], cache.self_v[i, :rows]
+        q, k, v = attn.project_qkv(block.attn_ln(x))
+        self_k, self_v = cache.self_k[i, :rows, :, :length], cache.self_v[i, :rows, :, :length]
         self_k.index_copy_(2, cache_index, k)
         self_v.index_copy_(2, cache_index, v)
         x = x + attn.merge(F.scaled_dot_product_attention(q, self_k, self_v, attn_mask=mask))
