@@ -23,8 +23,11 @@ def add_serve_parser(subparsers: Any) -> None:
         description="Run the whisperwire gRPC server. Every flag can also be set as "
         "WHISPERWIRE_<FLAG> (e.g. WHISPERWIRE_MODEL=tiny.en).",
     )
+    groups: dict[str | None, Any] = {}
     for setting in SETTINGS:
-        parser.add_argument(
+        if setting.group not in groups:
+            groups[setting.group] = parser.add_argument_group(setting.group or "other")
+        groups[setting.group].add_argument(
             f"--{setting.name.replace('_', '-')}",
             dest=setting.name,
             type=_flag_type(setting.info),
@@ -48,14 +51,19 @@ def _flag_help(info: FieldInfo) -> str:
     return f"{text} (default: {default})".replace("%", "%%")
 
 
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """The flags given, over WHISPERWIRE_* variables, over defaults."""
+    given = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name) is not None}
+    return ServerSettings(**given)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from whisperwire.server.app import serve
     from whisperwire.server.errors import ConfigurationError, ModelNotFoundError
     from whisperwire.server.logs import configure_logging
 
-    given = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name) is not None}
     try:
-        settings = ServerSettings(**given)
+        settings = settings_from(args)
     except ValidationError as error:
         print(f"whisperwire serve: invalid settings:\n{error}", file=sys.stderr)
         return 2
