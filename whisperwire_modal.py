@@ -467,7 +467,7 @@ async def _push_to_talk_level(
 ) -> list[float]:
     from whisperwire.client.aio import AsyncClient
     from whisperwire.client.options import RecognitionOptions, StreamOptions
-    from whisperwire.client.results import Final
+    from whisperwire.client.results import FinalResult
 
     options = StreamOptions(recognition=RecognitionOptions(language="en"))
     chunk_bytes = int(16000 * CHUNK_SECONDS) * 2
@@ -481,7 +481,7 @@ async def _push_to_talk_level(
             released = time.perf_counter()
             await stream.end_utterance()
             async for event in stream:
-                if isinstance(event, Final):
+                if isinstance(event, FinalResult):
                     return time.perf_counter() - released
         raise RuntimeError("the stream ended without a final")
 

@@ -155,10 +155,14 @@ def environment() -> dict[str, Any]:
 # ---- ours -----------------------------------------------------------------------------------
 
 
-def decoder_for(model: Whisper, max_rows: int) -> WhisperDecoder:
+def decoder_for(model: Whisper, max_rows: int, compile_encoder: bool = False) -> WhisperDecoder:
     """One decoder serves every batch size up to max_rows (its graphs are captured per bucket)."""
     return WhisperDecoder(
-        model, LARGE_V3_SPECIAL, max_rows=max_rows, use_cuda_graphs=DEVICE == "cuda"
+        model,
+        LARGE_V3_SPECIAL,
+        max_rows=max_rows,
+        use_cuda_graphs=DEVICE == "cuda",
+        compile_encoder=compile_encoder,
     )
 
 

@@ -62,7 +62,7 @@ from tests.speech import chunks, to_s16le, wer
 from whisperwire.client import (
     AsyncAudioStream,
     AsyncClient,
-    Final,
+    FinalResult,
     RecognitionOptions,
     StreamOptions,
     WhisperwireClientError,
@@ -217,7 +217,7 @@ async def release(stream: AsyncAudioStream) -> dict[str, Any]:
     started = time.perf_counter()
     await stream.end_utterance()
     while (event := await stream.next_event()) is not None:
-        if isinstance(event, Final):
+        if isinstance(event, FinalResult):
             latency = time.perf_counter() - started
             return {"latency_ms": 1000 * latency, "text": event.transcript.text}
     raise RuntimeError("the call ended before the final")

@@ -46,8 +46,8 @@ from benchmarks.common import (
     worker_channel,
     write_results,
 )
-from benchmarks.instant_engine import instant_engine_and_tokenizer
 from benchmarks.load import QUIET, ForeignLoad, choose
+from tests.engine_double import instant_engine
 
 DOC = "docs/performance.md"  # where the fixed anchors and goals come from
 MAX_CLIP_SECONDS = 10.0
@@ -193,7 +193,7 @@ async def open_target(args: argparse.Namespace, model: str, pcm_dir: Path) -> Ta
 
     engine: Engine
     if model == INSTANT:
-        engine, tokenizer = instant_engine_and_tokenizer()
+        engine, tokenizer = instant_engine()
     else:
         model_dir = resolve_model(model)
         engine = CTranslate2Engine(model_dir, model_name=model, threads=args.threads)

@@ -2,7 +2,7 @@
 at once (so only the service is measured: gRPC, session, VAD, log-mel, scheduler).
 
 The server runs in its own process (real start_server, the instant engine of
-benchmarks/instant_engine.py and the tiny.en tokenizer); a client process opens N StreamAudio
+tests/engine_double.py and the tiny.en tokenizer); a client process opens N StreamAudio
 calls, each sending 640-byte chunks (20 ms of 16 kHz PCM16, real speech) every 20 ms, paced in
 real time. Server CPU (utime + stime from /proc/<pid>/stat) over a steady window gives % of a
 core per stream, also normalised to exactly 50 msg/s in case the client fell behind.
@@ -64,11 +64,11 @@ PTT, CHUNKS = "ptt", "chunks"
 
 # ---- server process -----------------------------------------------------------------------
 async def server_main(args: argparse.Namespace) -> None:
-    from benchmarks.instant_engine import instant_engine_and_tokenizer
+    from tests.engine_double import instant_engine
     from whisperwire.server.config import ServerSettings
 
     requests, out = worker_channel()
-    engine, tokenizer = instant_engine_and_tokenizer()
+    engine, tokenizer = instant_engine()
     # One client process plays every caller: the per-address limit would refuse most of them.
     settings = ServerSettings(
         port=0, max_streams=max(256, 2 * args.max_streams), max_streams_per_client=0

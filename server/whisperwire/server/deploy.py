@@ -77,7 +77,7 @@ class Registry(Protocol):
 
 def require_token(settings: ServerSettings) -> None:
     """A tunnel is reachable by anyone who finds its address: refuse to serve without a token."""
-    if settings.token is None or not settings.token.get_secret_value():
+    if settings.network.token is None or not settings.network.token.get_secret_value():
         raise ConfigurationError(
             "serving through a public tunnel needs a bearer token: set WHISPERWIRE_TOKEN "
             "(on Modal, in the whisperwire-token Secret)"
@@ -272,7 +272,7 @@ def serve_behind_tunnel(
     heartbeat = Heartbeat(registry, endpoint, heartbeat_interval, clock)
     heartbeat.start()
     log.info("serving %s on port %d through the tunnel %s", key, running.port, endpoint.target)
-    grace = settings.grace_seconds
+    grace = settings.network.grace_seconds
     return TunnelService(server, tunnel_scope, registry, endpoint, heartbeat, grace)
 
 
