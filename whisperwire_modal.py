@@ -103,10 +103,10 @@ NOT_SHIPPED = [
     "*.egg-info", "benchmarks/results",
 ]  # fmt: skip
 
-# jfk.flac from openai/whisper's tests, for the smoke test when no local copy is given.
-JFK_URL = "https://raw.githubusercontent.com/openai/whisper/v20250625/tests/jfk.flac"
-JFK_SHA256 = "63a4b1e4c1dc655ac70961ffbf518acd249df237e5a0152faae9a4a836949715"
-SHARED_AUDIO_DIR = PROJECT_DIR.parent / "shared" / "audio"
+# The project's speech clips (sources and licences in tests/data/README.md): jfk.flac for the
+# smoke test, all of them for the benchmark.
+TEST_AUDIO_DIR = PROJECT_DIR / "tests" / "data"
+JFK_CLIP = TEST_AUDIO_DIR / "jfk.flac"
 
 # ## The container image
 #
@@ -366,7 +366,7 @@ def ops_server(model: str, registry_app: str) -> Any:
 @ops.local_entrypoint()
 def smoke(audio: str = "") -> None:
     token = local_token()
-    clip = Path(audio) if audio else jfk_clip(Path.home() / ".cache" / "whisperwire")
+    clip = Path(audio) if audio else JFK_CLIP
     print("engines:", build_engines.remote(SMOKE_MODEL, "float16", GPU))
     started = time.perf_counter()
     endpoint = ops_server(SMOKE_MODEL, SMOKE_APP).endpoint.remote()
@@ -382,16 +382,6 @@ def local_token() -> str:
             "set WHISPERWIRE_TOKEN to the token stored in the whisperwire-token Modal Secret"
         )
     return token
-
-
-def jfk_clip(cache_dir: Path) -> Path:
-    """The shared jfk.flac beside the checkout, else a verified download of openai/whisper's."""
-    shared = SHARED_AUDIO_DIR / "jfk.flac"
-    if shared.is_file():
-        return shared
-    from engine_builder import download_file
-
-    return download_file(JFK_URL, cache_dir / "jfk.flac", sha256=JFK_SHA256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,7 +439,7 @@ async def transcribe_once(
 # transcribed per second of wall time, latency per call), and push-to-talk streams that send
 # their clip in real time and release the key (latency = release to final). The numbers
 # include the path from here to Modal's relay. Clips: the LibriSpeech-length files in
-# `--audio-dir` (default: the shared clips beside the checkout, else jfk.flac).
+# `--audio-dir` (default: the project's clips in tests/data; jfk.flac if the folder has none).
 
 
 @ops.local_entrypoint()
@@ -457,7 +447,7 @@ def benchmark(
     model: str = MODEL, concurrency: str = "1,4,16", rounds: int = 3, audio_dir: str = ""
 ) -> None:
     token = local_token()
-    clips = load_clips(benchmark_files(Path(audio_dir) if audio_dir else SHARED_AUDIO_DIR))
+    clips = load_clips(benchmark_files(Path(audio_dir) if audio_dir else TEST_AUDIO_DIR))
     print("engines:", build_engines.remote(model, PRECISION, GPU))
     endpoint = ops_server(model, BENCHMARK_APP).endpoint.remote()
     print(f"server: {endpoint}")
@@ -473,7 +463,7 @@ CHUNK_SECONDS = 0.1
 
 def benchmark_files(audio_dir: Path) -> list[Path]:
     files = sorted(p for p in audio_dir.glob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    return files or [jfk_clip(Path.home() / ".cache" / "whisperwire")]
+    return files or [JFK_CLIP]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -576,7 +566,7 @@ async def _push_to_talk_level(
 ) -> list[float]:
     from whisperwire.client.aio import AsyncClient
     from whisperwire.client.options import RecognitionOptions, StreamOptions
-    from whisperwire.client.results import Final
+    from whisperwire.client.results import FinalResult
 
     options = StreamOptions(recognition=RecognitionOptions(language="en"))
     chunk_bytes = int(16000 * CHUNK_SECONDS) * 2
@@ -590,7 +580,7 @@ async def _push_to_talk_level(
             released = time.perf_counter()
             await stream.end_utterance()
             async for event in stream:
-                if isinstance(event, Final):
+                if isinstance(event, FinalResult):
                     return time.perf_counter() - released
         raise RuntimeError("the stream ended without a final")
 

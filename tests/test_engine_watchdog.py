@@ -1,6 +1,7 @@
 """The engine watchdog: an engine call that overruns its bound fails its callers with
 UNAVAILABLE/ENGINE_STALLED, health goes NOT_SERVING, and `whisperwire serve` exits (status 75)
-so that the platform starts a fresh process. Proven with an engine that hangs."""
+so that the platform starts a fresh process. Proven with an engine that hangs (the scripted
+engine double holding a call until it is released)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.engine_double import ScriptedEngine, Step
 from tests.grpc_helpers import error_info, stub
 from tests.speech import JFK
 from whisperwire.server.app import ENGINE_LOST_EXIT_CODE, RunningServer, start_server
 from whisperwire.server.config import ServerSettings
-from whisperwire.server.domain import Timings
-from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
+from whisperwire.server.engine import Features, GenerationParams
 from whisperwire.server.errors import EngineLostError
 from whisperwire.server.runner import Priority
 from whisperwire.server.scheduler import BatchScheduler
@@ -34,40 +34,12 @@ REPO = Path(__file__).resolve().parents[1]
 STALL = 0.2  # seconds per window: a batch of one may take 0.4 s
 
 
-class HangingEngine:
-    """An engine whose every call blocks until `release` (a hung GPU, a wedged runtime)."""
-
-    info = EngineInfo(
-        name="hanging",
-        model="tiny.en",
-        n_mels=80,
-        multilingual=False,
-        num_languages=0,
-        max_batch_size=4,
-        supports_timestamps=True,
-        supports_word_timestamps=False,
-        device="cpu",
-    )
-
-    def __init__(self, *, answered: int = 0) -> None:
-        self.released = threading.Event()
-        self.calls = 0
-        self._answered = answered  # calls answered at once before it hangs (the warm-up)
-
-    def generate(
-        self,
-        features: Sequence[Features],
-        prompts: Sequence[Sequence[int]],
-        params: GenerationParams,
-    ) -> list[Generation]:
-        self.calls += 1
-        if self.calls > self._answered:
-            self.released.wait()
-        return [Generation(token_ids=[]) for _ in features]
-
-    def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
-        self.released.wait()
-        return [[("en", 1.0)] for _ in features]
+def hanging_engine(*, answered: int = 0) -> ScriptedEngine:
+    """An engine whose generate calls, after `answered` ones (the warm-up), block until
+    released (a hung GPU, a wedged runtime)."""
+    engine = ScriptedEngine()
+    engine.script(*[Step()] * answered, Step(hold=True))
+    return engine
 
 
 def window() -> Features:
@@ -77,15 +49,13 @@ def window() -> Features:
 
 
 async def test_a_stalled_call_fails_its_batch_and_everything_after_it() -> None:
-    engine = HangingEngine()
+    engine = hanging_engine()
     lost: list[EngineLostError] = []
     scheduler = BatchScheduler(engine, stall_seconds=STALL, on_engine_lost=lost.append)
     scheduler.start()
     try:
         params = GenerationParams(max_new_tokens=4)
-        call = scheduler.generate(
-            [window()], [[1]], params, priority=Priority.FINAL, timings=Timings()
-        )
+        call = scheduler.generate([window()], [[1]], params, priority=Priority.FINAL)
         with pytest.raises(EngineLostError) as raised:
             await asyncio.wait_for(call, 5)
         assert raised.value.reason == "ENGINE_STALLED"
@@ -93,33 +63,30 @@ async def test_a_stalled_call_fails_its_batch_and_everything_after_it() -> None:
         assert [error.reason for error in lost] == ["ENGINE_STALLED"]
         # Nothing more reaches the stuck engine: later callers are refused at once.
         with pytest.raises(EngineLostError):
-            await scheduler.detect_language([window()], priority=Priority.FINAL, timings=Timings())
-        assert engine.calls == 1
+            await scheduler.detect_language([window()], priority=Priority.FINAL)
+        assert engine.batch_sizes == [1]
         # Stopping does not wait for the thread that will never return.
         await asyncio.wait_for(scheduler.stop(), 2)
     finally:
-        engine.released.set()
+        engine.release()
 
 
 async def test_a_slow_call_within_its_bound_is_not_a_stall() -> None:
-    engine = HangingEngine()
+    engine = ScriptedEngine()
+    engine.script(Step(delay=0.3))
     scheduler = BatchScheduler(engine, stall_seconds=5.0)
     scheduler.start()
     params = GenerationParams(max_new_tokens=4)
-    call = asyncio.ensure_future(
-        scheduler.generate(
-            [window()] * 2, [[1]] * 2, params, priority=Priority.FINAL, timings=Timings()
-        )
+    generations, _ = await scheduler.generate(
+        [window()] * 2, [[1]] * 2, params, priority=Priority.FINAL
     )
-    await asyncio.sleep(0.3)
-    engine.released.set()
-    assert len(await call) == 2 and scheduler.lost is None
+    assert len(generations) == 2 and scheduler.lost is None
     await scheduler.stop()
 
 
 @pytest.fixture
-async def stalled_server(tiny_en_dir: Path) -> AsyncIterator[tuple[RunningServer, HangingEngine]]:
-    engine = HangingEngine()
+async def stalled_server(tiny_en_dir: Path) -> AsyncIterator[tuple[RunningServer, ScriptedEngine]]:
+    engine = hanging_engine()
     options: dict[str, Any] = {"port": 0, "engine_stall_seconds": STALL}
     settings = ServerSettings(**options)
     running = await start_server(
@@ -128,12 +95,12 @@ async def stalled_server(tiny_en_dir: Path) -> AsyncIterator[tuple[RunningServer
     try:
         yield running, engine
     finally:
-        engine.released.set()
+        engine.release()
         await running.drain_and_stop(grace=0.5)
 
 
 async def test_the_server_answers_unavailable_and_reports_not_serving(
-    stalled_server: tuple[RunningServer, HangingEngine],
+    stalled_server: tuple[RunningServer, ScriptedEngine],
 ) -> None:
     running, _ = stalled_server
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -161,7 +128,7 @@ def serve_with_a_hanging_engine() -> None:
     from whisperwire.server.models import resolve_model
 
     tokenizer = WhisperTokenizer.from_dir(resolve_model("tiny.en", allow_download=False))
-    engine = HangingEngine(answered=1)
+    engine = hanging_engine(answered=1)
     app.load_engine = lambda settings: (engine, tokenizer)
     options: dict[str, Any] = {
         "port": int(os.environ["WATCHDOG_PORT"]),

@@ -1,11 +1,11 @@
 """Loopback stand-ins for Modal's servers, and the proof that they are as strict as Modal.
 
 `LoopbackForward` replaces `modal.forward`: it validates its arguments as modal 1.6.4 does
-(int port 1..65535, h2 only on encrypted tunnels, a port forwarded once) and yields a real
-`modal.Tunnel`. Like Modal's relay, the tunnel's TLS endpoint (`tls_socket`, always there)
-terminates TLS with its certificate and advertises HTTP/2 through ALPN only with
-`h2_enabled=True` (gRPC clients refuse a TLS peer without it), then passes the cleartext bytes to
-the container port; with `unencrypted=True` a raw TCP endpoint (`tcp_socket`) is added. Both
+(int port 1..65535, h2 only on encrypted tunnels, a port forwarded once: docs/modal.md) and
+yields a real `modal.Tunnel`. Like Modal's relay, the tunnel's TLS endpoint (`tls_socket`,
+always there) terminates TLS with its certificate and advertises HTTP/2 through ALPN only with
+`h2_enabled=True` (gRPC clients refuse a TLS peer without it), then passes the cleartext bytes
+to the container port; with `unencrypted=True` a raw TCP endpoint (`tcp_socket`) is added. Both
 relay over real sockets until the context exits.
 
 `DictStandIn` replaces a named `modal.Dict`: values are serialized on `put` (a reader never

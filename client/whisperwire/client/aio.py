@@ -197,7 +197,7 @@ class AsyncClient:
 
 class AsyncAudioStream:
     """One StreamAudio call. Write with push / end_utterance / cancel / close; read events by
-    iterating. Every end_utterance gets exactly one Final; cancel drops the open utterance."""
+    iterating. Every end_utterance gets exactly one FinalResult; cancel drops the open utterance."""
 
     def __init__(self, call: StreamCall, session: SessionInfo, status: ServerStatus) -> None:
         self._call = call
@@ -227,15 +227,15 @@ class AsyncAudioStream:
             await self._write(convert.audio_request(audio[start : start + size]))
 
     async def end_utterance(self) -> None:
-        """End the current utterance (push-to-talk release); its Final follows."""
+        """End the current utterance (push-to-talk release); its FinalResult follows."""
         await self._write(convert.END_UTTERANCE)
 
     async def cancel(self) -> None:
-        """Drop the current utterance: no Final comes for it."""
+        """Drop the current utterance: no FinalResult comes for it."""
         await self._write(convert.CANCEL_UTTERANCE)
 
     async def close(self) -> None:
-        """Half-close: the server finalizes the open utterance, sends its Final, then ends."""
+        """Half-close: the server finalizes the open utterance, sends its FinalResult, then ends."""
         async with self._write_lock:
             if self._half_closed or self._call.done():
                 return

@@ -21,16 +21,19 @@ from prometheus_client import start_http_server
 from threadpoolctl import threadpool_limits
 
 from whisperwire.server.auth import BearerTokenInterceptor
-from whisperwire.server.config import ServerSettings
+from whisperwire.server.config import NetworkSettings, ServerSettings
 from whisperwire.server.domain import DecodeOptions
 from whisperwire.server.engine import Engine
 from whisperwire.server.errors import ConfigurationError as ConfigurationError  # re-exported
 from whisperwire.server.errors import EngineLostError
 from whisperwire.server.metrics import Metrics
+from whisperwire.server.outcomes import OutcomeInterceptor
 from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.scheduler import BatchScheduler
-from whisperwire.server.servicer import ServerState, TranscriptionServicer
+from whisperwire.server.servicer import TranscriptionServicer
+from whisperwire.server.state import ServerState
 from whisperwire.server.tokenizer import WhisperTokenizer
+from whisperwire.server.vad import Span
 from whisperwire.v1 import transcription_service_pb2 as pb
 from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc
 
@@ -42,36 +45,46 @@ ENGINE_LOST_EXIT_CODE = 75
 
 def load_engine(settings: ServerSettings) -> tuple[Engine, WhisperTokenizer]:
     """The configured engine and the tokenizer that matches its vocabulary."""
-    if settings.engine == "trtllm":
+    if settings.engine.name == "trtllm":
         from whisperwire.server.engines.trtllm_loader import load_trtllm_engine
 
         return load_trtllm_engine(settings)
+    if settings.engine.name == "torch":
+        from whisperwire.server.engines.torch import load_torch_engine
+
+        return load_torch_engine(
+            settings.engine.model,
+            device=settings.engine.device,
+            dtype=settings.engine.compute_type,
+            max_batch_size=settings.batching.max_batch_size,
+            compile_encoder=settings.engine.torch_compile,
+        )
     from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
     from whisperwire.server.models import resolve_model
 
-    model_dir = resolve_model(settings.model)
+    model_dir = resolve_model(settings.engine.model)
     engine = CTranslate2Engine(
         model_dir,
-        model_name=Path(settings.model).name,
-        device=settings.device,
-        compute_type=settings.compute_type,
-        threads=settings.threads,
-        max_batch_size=settings.max_batch_size,
+        model_name=Path(settings.engine.model).name,
+        device=settings.engine.device,
+        compute_type=settings.engine.compute_type,
+        threads=settings.engine.threads,
+        max_batch_size=settings.batching.max_batch_size,
     )
     return engine, WhisperTokenizer.from_dir(model_dir)
 
 
 def check_exposure(settings: ServerSettings) -> None:
     """Refuse to serve beyond loopback without a token."""
-    if settings.token is not None:
+    if settings.network.token is not None:
         return
     try:
-        loopback = ipaddress.ip_address(settings.host).is_loopback
+        loopback = ipaddress.ip_address(settings.network.host).is_loopback
     except ValueError:
-        loopback = settings.host == "localhost"
+        loopback = settings.network.host == "localhost"
     if not loopback:
         raise ConfigurationError(
-            f"binding to {settings.host} needs --token (or WHISPERWIRE_TOKEN): "
+            f"binding to {settings.network.host} needs --token (or WHISPERWIRE_TOKEN): "
             "the server would be reachable by others"
         )
 
@@ -102,7 +115,8 @@ class RunningServer:
         t = np.arange(16000, dtype=np.float32) / 16000
         tone = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         language = None if self.pipeline.tokenizer.multilingual else "en"
-        await self.pipeline.transcribe(tone, DecodeOptions(language=language), use_vad=False)
+        options = DecodeOptions(language=language)
+        await self.pipeline.transcribe(tone, options, speech=[Span(0, len(tone))])
         self.state.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -132,7 +146,8 @@ async def start_server(
     warm_up: bool = True,
 ) -> RunningServer:
     check_exposure(settings)
-    credentials = server_credentials(settings)  # a bad TLS setting fails before anything starts
+    # A bad TLS setting fails before anything starts.
+    credentials = server_credentials(settings.network)
     # Log-mel's matrix product costs ~40 % less CPU on one BLAS thread than on OpenBLAS's
     # spinning pool, at the same wall time, and the engine already has the cores. Only
     # numpy's BLAS is affected: CTranslate2 threads through its own OpenMP runtime.
@@ -140,20 +155,24 @@ async def start_server(
     metrics = Metrics()
     scheduler = BatchScheduler(
         engine,
-        max_batch_size=settings.max_batch_size,
-        max_wait=settings.batch_wait_ms / 1000,
-        max_queue=settings.max_queue,
+        max_batch_size=settings.batching.max_batch_size,
+        max_wait=settings.batching.batch_wait_ms / 1000,
+        max_queue=settings.batching.max_queue,
         metrics=metrics,
-        stall_seconds=settings.engine_stall_seconds,
+        stall_seconds=settings.batching.engine_stall_seconds,
     )
     scheduler.start()
     pipeline = SpeechPipeline(
-        tokenizer, engine.info, scheduler, max_audio_seconds=settings.max_audio_seconds
+        tokenizer, engine.info, scheduler, max_audio_seconds=settings.limits.max_audio_seconds
     )
     state = ServerState(settings)
-    interceptors = (
-        [BearerTokenInterceptor(settings.token.get_secret_value())] if settings.token else []
+    # The token check runs first: a refused call never reaches the servicer or its counts.
+    interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
+        [BearerTokenInterceptor(settings.network.token.get_secret_value())]
+        if settings.network.token
+        else []
     )
+    interceptors.append(OutcomeInterceptor(metrics, SERVICE_NAME))
     server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
     pb_grpc.add_TranscriptionServiceServicer_to_server(  # type: ignore[no-untyped-call]
         TranscriptionServicer(pipeline, state, metrics), server
@@ -164,8 +183,10 @@ async def start_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = _listen(server, settings, credentials)
-    if settings.metrics_port is not None:
-        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    if settings.network.metrics_port is not None:
+        start_http_server(
+            settings.network.metrics_port, addr=settings.network.host, registry=metrics.registry
+        )
     running = RunningServer(server, port, state, scheduler, health_servicer, metrics, pipeline)
     scheduler.set_engine_lost_handler(running.on_engine_lost)
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -183,8 +204,8 @@ def _listen(
 ) -> int:
     """Bind the gRPC port (IPv6 literals in brackets), with TLS when `credentials` are given;
     a failure is a startup error."""
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    address = f"{host}:{settings.port}"
+    host = f"[{settings.network.host}]" if ":" in settings.network.host else settings.network.host
+    address = f"{host}:{settings.network.port}"
     try:
         if credentials is None:
             return server.add_insecure_port(address)
@@ -193,19 +214,19 @@ def _listen(
         raise ConfigurationError(f"cannot listen on {address}: {error}") from error
 
 
-def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+def server_credentials(network: NetworkSettings) -> grpc.ServerCredentials | None:
     """TLS (and mutual TLS with a client CA) from PEM files; None serves plaintext."""
-    if settings.tls_cert is None and settings.tls_key is None:
-        if settings.tls_client_ca is not None:
+    if network.tls_cert is None and network.tls_key is None:
+        if network.tls_client_ca is not None:
             raise ConfigurationError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
-    if settings.tls_cert is None or settings.tls_key is None:
+    if network.tls_cert is None or network.tls_key is None:
         raise ConfigurationError("TLS needs both --tls-cert and --tls-key")
     client_ca = (
-        _read_pem(settings.tls_client_ca, "--tls-client-ca") if settings.tls_client_ca else None
+        _read_pem(network.tls_client_ca, "--tls-client-ca") if network.tls_client_ca else None
     )
     return grpc.ssl_server_credentials(
-        [(_read_pem(settings.tls_key, "--tls-key"), _read_pem(settings.tls_cert, "--tls-cert"))],
+        [(_read_pem(network.tls_key, "--tls-key"), _read_pem(network.tls_cert, "--tls-cert"))],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
@@ -220,8 +241,8 @@ def _read_pem(path: Path, flag: str) -> bytes:
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", settings.max_request_bytes),
-        ("grpc.max_send_message_length", settings.max_request_bytes),
+        ("grpc.max_receive_message_length", settings.limits.max_request_bytes),
+        ("grpc.max_send_message_length", settings.limits.max_request_bytes),
         # A second server on a taken port fails to start instead of sharing its connections.
         ("grpc.so_reuseport", 0),
         # Push-to-talk streams sit silent for minutes: let clients keep them alive.
@@ -243,7 +264,7 @@ async def serve(settings: ServerSettings) -> None:
         exit_for_replacement()
     print(
         f"whisperwire serving {engine.info.model} ({engine.info.name}, {engine.info.device}) "
-        f"on {settings.host}:{running.port}",
+        f"on {settings.network.host}:{running.port}",
         flush=True,
     )
     stop = asyncio.Event()
@@ -254,7 +275,7 @@ async def serve(settings: ServerSettings) -> None:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for waiting in waits:
         waiting.cancel()
-    await running.drain_and_stop(settings.grace_seconds)
+    await running.drain_and_stop(settings.network.grace_seconds)
     if running.engine_lost.is_set():
         exit_for_replacement()
 

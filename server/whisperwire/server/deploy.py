@@ -3,8 +3,8 @@
 whisperwire_modal.py wires Modal's objects into these functions; tests pass loopback stand-ins.
 
 - The gRPC server runs on a thread of its own with its own event loop (`BackgroundServer`). In
-  an `@app.cls` container Modal's event loop runs only while an input executes (docs/modal.md),
-  so a server started on it would stall between inputs.
+  an `@app.cls` container Modal's event loop runs only while an input executes (docs/modal.md,
+  "Modal behaviour the code relies on"), so a server started on it would stall between inputs.
 - `serve_behind_tunnel` exposes the port with `forward(port, h2_enabled=True)`: Modal's relay
   terminates TLS and offers HTTP/2 through ALPN, which gRPC clients require, and passes
   cleartext HTTP/2 to the server's plaintext port. The bearer token and the audio are therefore
@@ -120,7 +120,7 @@ def nvidia_driver_version() -> str:
 
 def require_token(settings: ServerSettings) -> None:
     """A tunnel is reachable by anyone who finds its address: refuse to serve without a token."""
-    if settings.token is None or not settings.token.get_secret_value():
+    if settings.network.token is None or not settings.network.token.get_secret_value():
         raise ConfigurationError(
             "serving through a public tunnel needs a bearer token: set WHISPERWIRE_TOKEN "
             "(on Modal, in the whisperwire-token Secret)"
@@ -343,7 +343,7 @@ def serve_behind_tunnel(
     )
     heartbeat.start()
     log.info("serving %s on port %d through the tunnel %s", key, running.port, endpoint.target)
-    grace = settings.grace_seconds
+    grace = settings.network.grace_seconds
     return TunnelService(server, tunnel_scope, registry, endpoint, heartbeat, grace)
 
 

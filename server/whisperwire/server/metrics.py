@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from whisperwire.server.domain import Transcript
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -53,3 +55,10 @@ class Metrics:
         self.active_streams = Gauge(
             "whisperwire_active_streams", "Open StreamAudio calls", registry=r
         )
+
+    def observe_transcript(self, method: str, elapsed: float, transcript: Transcript) -> None:
+        """A transcript delivered `elapsed` seconds after its request arrived."""
+        self.request_seconds.labels(method).observe(elapsed)
+        self.audio_seconds.labels(method).inc(transcript.duration)
+        if transcript.duration > 0:
+            self.real_time_factor.labels(method).observe(elapsed / transcript.duration)

@@ -36,22 +36,22 @@ CROSS_KV_CACHE_FRACTION = 0.5
 
 
 def load_trtllm_engine(settings: ServerSettings) -> tuple[TrtLlmEngine, WhisperTokenizer]:
-    """The engine in `settings.engine_dir`, checked against this TensorRT-LLM and GPU."""
-    if settings.engine_dir is None:
+    """The engine in `settings.engine.engine_dir`, checked against this TensorRT-LLM and GPU."""
+    if settings.engine.engine_dir is None:
         raise ConfigurationError(
             "engine=trtllm needs --engine-dir (WHISPERWIRE_ENGINE_DIR): a directory written by "
             "`python -m engine_builder`"
         )
-    engine_dir = settings.engine_dir
+    engine_dir = settings.engine.engine_dir
     runner_class, trtllm_version = _import_trtllm()
     manifest = _checked_manifest(engine_dir, trtllm_version)
     config = EngineConfig.read(engine_dir)
     tokenizer = WhisperTokenizer.from_dir(
         engine_dir / "assets", multilingual=config.multilingual, num_languages=config.num_languages
     )
-    max_batch_size = min(settings.max_batch_size, config.max_batch_size)
+    max_batch_size = min(settings.batching.max_batch_size, config.max_batch_size)
     # docs/trtllm.md#from-dir: the KV cache is sized for the beam width the server decodes with.
-    max_beam_width = min(settings.default_beam_size, config.max_beam_width)
+    max_beam_width = min(settings.defaults.default_beam_size, config.max_beam_width)
 
     def make_runner() -> Any:
         return runner_class.from_dir(
@@ -59,7 +59,7 @@ def load_trtllm_engine(settings: ServerSettings) -> tuple[TrtLlmEngine, WhisperT
             is_enc_dec=True,
             max_batch_size=max_batch_size,
             max_beam_width=max_beam_width,
-            kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
+            kv_cache_free_gpu_memory_fraction=settings.engine.kv_cache_free_gpu_memory_fraction,
             cross_kv_cache_fraction=CROSS_KV_CACHE_FRACTION,
             # docs/trtllm.md#probe: language and no-speech probabilities come from logits.
             gather_generation_logits=True,
