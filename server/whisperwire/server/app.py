@@ -137,6 +137,7 @@ async def start_server(
     # numpy's BLAS is affected: CTranslate2 threads through its own OpenMP runtime.
     threadpool_limits(limits=1, user_api="blas")
     metrics = Metrics()
+    metrics.describe_engine(engine.info)
     scheduler = BatchScheduler(
         engine,
         max_batch_size=settings.batching.max_batch_size,
