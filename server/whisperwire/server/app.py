@@ -139,7 +139,7 @@ async def start_server(
         [BearerTokenInterceptor(settings.token.get_secret_value())] if settings.token else []
     )
     server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
-    pb_grpc.add_TranscriptionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    pb_grpc.add_TranscriptionServiceServicer_to_server(
         TranscriptionServicer(pipeline, state, metrics), server
     )
     health_servicer = health_aio.HealthServicer()
