@@ -59,7 +59,7 @@ def add_unavailable_parser(subparsers: Any, name: str, reason: str) -> None:
 
 
 def _missing(entry_point: EntryPoint, error: ImportError) -> str:
-    return f"{entry_point.value} cannot be imported ({error})"
+    return f"needs packages that are not installed ({error}; from {entry_point.value})"
 
 
 def _explain_unavailable(name: str, reason: str) -> int:
