@@ -38,7 +38,8 @@ from typing import Any, cast
 import modal
 import tomllib
 
-from whisperwire.client.modal_discovery import registry_name, resolve_endpoint
+from whisperwire.client.modal_discovery import resolve_endpoint
+from whisperwire.modal_registry import registry_name
 
 # ## Constants
 #
@@ -119,12 +120,13 @@ JFK_CLIP = TEST_AUDIO_DIR / "jfk.flac"
 
 
 def project_requirements() -> list[str]:
-    """The project's runtime and builder dependencies, from pyproject.toml (only read where the
-    image is defined, locally; a container never builds it)."""
+    """The project's client, server and builder dependencies, from pyproject.toml (only read
+    where the image is defined, locally; a container never builds it)."""
     if not modal.is_local():
         return []
     project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["builder"]]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *extras["server"], *extras["builder"]]
 
 
 CUDA13_CHECK = (
@@ -157,7 +159,8 @@ image = (
 # The serving code needs CUDA and TensorRT-LLM only inside the container; locally (for
 # `modal run`/`modal deploy`, and the tests) these imports are plain Python.
 with image.imports():  # type: ignore[no-untyped-call]
-    from engine_builder import detect_gpu_name, installed_trtllm_version
+    from engine_builder import volume as engine_volume
+    from engine_builder.environment import detect_gpu_name, installed_trtllm_version
     from whisperwire.server import deploy
     from whisperwire.server.app import load_engine
     from whisperwire.server.config import ServerSettings
@@ -194,7 +197,7 @@ ops = modal.App(f"{APP_NAME}-ops")
 def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU) -> dict[str, Any]:
     deploy.require_gpu_driver(MIN_DRIVER_MAJOR)
     root = Path(VOLUME_PATH)
-    result = deploy.build_into_volume(root, model, precision, gpu=gpu, commit=volume.commit)
+    result = engine_volume.build_into_volume(root, model, precision, gpu=gpu, commit=volume.commit)
     status = "built" if result.built else "already built"
     print(f"{status}: {result.engine_dir}")
     return {"engine_dir": str(result.engine_dir), "built": result.built}
@@ -203,8 +206,8 @@ def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU
 def serving_settings(model: str = "") -> ServerSettings:
     """Settings for this container: the newest matching engine build on the Volume."""
     deploy.require_gpu_driver(MIN_DRIVER_MAJOR)
-    engine_dir = deploy.find_engine_dir(
-        Path(VOLUME_PATH, deploy.ENGINES_DIR),
+    engine_dir = engine_volume.find_engine_dir(
+        Path(VOLUME_PATH, engine_volume.ENGINES_DIR),
         model or MODEL,
         PRECISION,
         trtllm_version=installed_trtllm_version() or TENSORRT_LLM_VERSION,

@@ -173,6 +173,8 @@ async def test_metrics_endpoint(tiny_engine: Tiny) -> None:
         'whisperwire_request_seconds_count{method="Transcribe"}',
         'whisperwire_real_time_factor_count{method="Transcribe"}',
         'whisperwire_requests_total{code="OK",method="StreamAudio"}',
+        'whisperwire_engine_info{device="cpu",dtype="float32",engine="ctranslate2",'
+        'model="tiny.en"} 1.0',
     ):
         assert name in body, name
 

@@ -50,7 +50,12 @@ def load_engine(settings: ServerSettings) -> tuple[Engine, WhisperTokenizer]:
 
         return load_trtllm_engine(settings)
     if settings.engine.name == "torch":
-        from whisperwire.server.engines.torch import load_torch_engine
+        try:
+            from whisperwire.server.engines.torch import load_torch_engine
+        except ImportError as error:
+            raise ConfigurationError(
+                f"engine=torch needs PyTorch: pip install 'whisperwire[torch]' ({error})"
+            ) from error
 
         return load_torch_engine(
             settings.engine.model,
@@ -153,6 +158,7 @@ async def start_server(
     # numpy's BLAS is affected: CTranslate2 threads through its own OpenMP runtime.
     threadpool_limits(limits=1, user_api="blas")
     metrics = Metrics()
+    metrics.describe_engine(engine.info)
     scheduler = BatchScheduler(
         engine,
         max_batch_size=settings.batching.max_batch_size,
@@ -174,7 +180,7 @@ async def start_server(
     )
     interceptors.append(OutcomeInterceptor(metrics, SERVICE_NAME))
     server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
-    pb_grpc.add_TranscriptionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    pb_grpc.add_TranscriptionServiceServicer_to_server(
         TranscriptionServicer(pipeline, state, metrics), server
     )
     health_servicer = health_aio.HealthServicer()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from whisperwire.server.domain import Transcript
+from whisperwire.server.engine import EngineInfo
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -55,6 +56,12 @@ class Metrics:
         self.active_streams = Gauge(
             "whisperwire_active_streams", "Open StreamAudio calls", registry=r
         )
+        self.engine = Info("whisperwire_engine", "The loaded engine and model", registry=r)
+
+    def describe_engine(self, info: EngineInfo) -> None:
+        device, _, dtype = info.device.partition("/")
+        labels = {"engine": info.name, "model": info.model, "device": device}
+        self.engine.info(labels | {"dtype": dtype or "default"})
 
     def observe_transcript(self, method: str, elapsed: float, transcript: Transcript) -> None:
         """A transcript delivered `elapsed` seconds after its request arrived."""

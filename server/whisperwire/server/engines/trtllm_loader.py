@@ -10,13 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engine_builder import (
-    EngineDirError,
-    Manifest,
-    check_engine_dir,
-    installed_trtllm_version,
-    load_manifest,
-)
+from engine_builder.errors import EngineDirError
+from engine_builder.manifest import Manifest, check_engine_dir, load_manifest
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engines.trtllm import EngineConfig, TrtLlmEngine
 from whisperwire.server.errors import ConfigurationError, ModelNotFoundError
@@ -29,7 +24,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = (
     "pip install torch==2.9.1 torchvision --index-url https://download.pytorch.org/whl/cu130 "
     "&& pip install tensorrt-llm==1.2.1 --extra-index-url https://pypi.nvidia.com "
-    "&& pip install 'whisperwire[builder]' && pip check (see docs/trtllm.md#install)"
+    "&& pip install 'whisperwire[server,builder]' && pip check (see docs/trtllm.md#install)"
 )
 # docs/trtllm.md#from-dir, TensorRT-LLM#2419: encoder-decoder engines need a cross-KV share.
 CROSS_KV_CACHE_FRACTION = 0.5
@@ -87,9 +82,8 @@ def _import_trtllm() -> tuple[Any, str]:
             f"engine=trtllm needs TensorRT-LLM 1.2.1 (CUDA 13) on an NVIDIA GPU: {INSTALL_HINT} "
             f"({error})"
         ) from error
-    version = installed_trtllm_version() or str(tensorrt_llm.__version__)
     _require_cuda13_torch()
-    return ModelRunnerCpp, version
+    return ModelRunnerCpp, str(tensorrt_llm.__version__)
 
 
 def _require_cuda13_torch() -> None:

@@ -58,7 +58,9 @@ class TranscriptionServiceStub:
     ServiceLimits.max_streams_per_client streams). A message over the size
     limit is rejected by gRPC itself, with no ErrorInfo.
     - UNAVAILABLE (with RetryInfo; safe to retry): ENGINE_NOT_READY (warming up),
-    SERVER_DRAINING (shutting down).
+    SERVER_DRAINING (shutting down), ENGINE_STALLED (an engine call overran the
+    watchdog's bound) and ENGINE_LOST (the engine failed for good); after these
+    two the server reports NOT_SERVING and exits, so retry on another server.
     - INTERNAL: ENGINE_FAILURE.
     - DEADLINE_EXCEEDED and CANCELLED: set by gRPC when the client's deadline
     passes or the client cancels; the server then stops the call's work.
@@ -122,7 +124,9 @@ class TranscriptionServiceServicer:
     ServiceLimits.max_streams_per_client streams). A message over the size
     limit is rejected by gRPC itself, with no ErrorInfo.
     - UNAVAILABLE (with RetryInfo; safe to retry): ENGINE_NOT_READY (warming up),
-    SERVER_DRAINING (shutting down).
+    SERVER_DRAINING (shutting down), ENGINE_STALLED (an engine call overran the
+    watchdog's bound) and ENGINE_LOST (the engine failed for good); after these
+    two the server reports NOT_SERVING and exits, so retry on another server.
     - INTERNAL: ENGINE_FAILURE.
     - DEADLINE_EXCEEDED and CANCELLED: set by gRPC when the client's deadline
     passes or the client cancels; the server then stops the call's work.
@@ -217,7 +221,9 @@ class TranscriptionService:
     ServiceLimits.max_streams_per_client streams). A message over the size
     limit is rejected by gRPC itself, with no ErrorInfo.
     - UNAVAILABLE (with RetryInfo; safe to retry): ENGINE_NOT_READY (warming up),
-    SERVER_DRAINING (shutting down).
+    SERVER_DRAINING (shutting down), ENGINE_STALLED (an engine call overran the
+    watchdog's bound) and ENGINE_LOST (the engine failed for good); after these
+    two the server reports NOT_SERVING and exits, so retry on another server.
     - INTERNAL: ENGINE_FAILURE.
     - DEADLINE_EXCEEDED and CANCELLED: set by gRPC when the client's deadline
     passes or the client cancels; the server then stops the call's work.
