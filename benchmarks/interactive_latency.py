@@ -89,7 +89,7 @@ async def push_to_talk(service: Any, pcm: bytes) -> float:
 
 
 async def _final(call: Any) -> float:
-    async for response in call:
+    while (response := await call.read()) is not grpc.aio.EOF:
         if response.WhichOneof("event") == "final_result":
             return time.perf_counter()
     raise RuntimeError("the stream ended without a final")
