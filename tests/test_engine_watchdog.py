@@ -64,6 +64,8 @@ async def test_a_stalled_call_fails_its_batch_and_everything_after_it() -> None:
         # Nothing more reaches the stuck engine: later callers are refused at once.
         with pytest.raises(EngineLostError):
             await scheduler.detect_language([window()], priority=Priority.FINAL)
+        with pytest.raises(EngineLostError):  # new streams and files are refused up front
+            scheduler.admit(Priority.FINAL)
         assert engine.batch_sizes == [1]
         # Stopping does not wait for the thread that will never return.
         await asyncio.wait_for(scheduler.stop(), 2)
