@@ -26,6 +26,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("compute-type", str, "CTranslate2 compute type (default: int8 on CPU where faster)"),
     ("threads", int, "engine threads (default: one per core)"),
     ("metrics-port", int, "serve Prometheus /metrics on this HTTP port"),
+    ("http-port", int, "serve the OpenAI-compatible HTTP API on this port (default off)"),
     ("token", str, "require 'authorization: Bearer TOKEN' on every call"),
     ("max-batch-size", int, "most windows per engine call (default 8)"),
     ("batch-wait-ms", float, "when idle, wait this long for a batch to fill (default 0)"),

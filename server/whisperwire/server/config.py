@@ -20,6 +20,9 @@ class ServerSettings(BaseSettings):
     """gRPC port; 0 picks a free one."""
     metrics_port: int | None = None
     """Prometheus /metrics HTTP port; unset disables it."""
+    http_port: int | None = None
+    """OpenAI-compatible HTTP API port (same host, token and limits); unset disables it,
+    0 picks a free one."""
 
     model: str = "base"
     """Model name (tiny.en, base, small, ...) or a CTranslate2 model directory."""

@@ -178,13 +178,10 @@ class _Outcome:
 
     def observe(self, transcript: Transcript) -> None:
         elapsed = time.perf_counter() - self.started
-        self.metrics.request_seconds.labels(self.method).observe(elapsed)
-        self.metrics.audio_seconds.labels(self.method).inc(transcript.duration)
-        if transcript.duration > 0:
-            self.metrics.real_time_factor.labels(self.method).observe(elapsed / transcript.duration)
+        self.metrics.observe_transcript("grpc", self.method, elapsed, transcript.duration)
 
     def succeed(self) -> None:
-        self.metrics.requests.labels(self.method, "OK").inc()
+        self.metrics.count_call("grpc", self.method, "OK")
         log.info(
             "%s ok in %.3f s",
             self.method,
@@ -194,7 +191,7 @@ class _Outcome:
 
     def fail(self, error: WhisperwireError) -> None:
         code = code_for(error)
-        self.metrics.requests.labels(self.method, code.name).inc()
+        self.metrics.count_call("grpc", self.method, code.name)
         log.warning(
             "%s failed: %s %s: %s",
             self.method,
