@@ -67,6 +67,8 @@ SMOKE_APP = f"{APP_NAME}-smoke"
 BENCHMARK_APP = f"{APP_NAME}-benchmark"
 
 GRPC_PORT = 50051
+# The OpenAI-compatible HTTP API of the `HttpApi` server class (Modal's proxy adds TLS).
+HTTP_PORT = 8000
 # Seconds an open stream gets to finish on shutdown (the server's grace period).
 DRAIN_SECONDS = 20
 ENGINE_LOAD_TIMEOUT = 20 * MINUTES
@@ -257,6 +259,50 @@ class GrpcServer:
     @modal.exit()
     def stop(self) -> None:
         self.server.stop(DRAIN_SECONDS)
+
+
+# ## The OpenAI-compatible HTTP API, over TLS (unverified)
+#
+# The same server also speaks OpenAI's audio API over HTTP/1.1 (`--http-port`), which Modal's
+# web proxy carries as it is: `@app.server` without `h2_enabled` gives a stable HTTPS URL
+# (`https://<workspace>--whisperwire-httpapi.<region>.modal.direct`, printed by `modal deploy`)
+# whose TLS ends at Modal's proxy, which forwards plain HTTP to `HTTP_PORT` in the container.
+# Modal's proxy authentication is off; the server's bearer token is not, and OpenAI's SDKs
+# send it as their API key (`OpenAI(base_url=<url>/v1, api_key=$WHISPERWIRE_TOKEN)`).
+
+
+@app.server(
+    image=image,
+    gpu=GPU,
+    volumes={VOLUME_PATH: volume},
+    secrets=[token_secret],
+    env=SETTINGS_ENV,
+    port=HTTP_PORT,
+    unauthenticated=True,
+    startup_timeout=ENGINE_LOAD_TIMEOUT,
+    exit_grace_period=DRAIN_SECONDS + 10,
+    target_concurrency=16,
+    min_containers=0,
+    max_containers=4,
+)
+class HttpApi:
+    @modal.enter()
+    def start(self) -> None:
+        self.server = serve_http_api()
+
+    @modal.exit()
+    def stop(self) -> None:
+        self.server.stop(DRAIN_SECONDS)
+
+
+def serve_http_api() -> deploy.BackgroundServer:
+    """The server with its HTTP API on `HTTP_PORT`, token required, started and warm."""
+    settings = serving_settings().model_copy(update={"http_port": HTTP_PORT})
+    deploy.require_token(settings)
+    engine, tokenizer = load_engine(settings)
+    server = deploy.BackgroundServer(settings, engine, tokenizer)
+    server.start()
+    return server
 
 
 # ## Smoke test: `modal run whisperwire_modal.py::smoke`
