@@ -412,10 +412,10 @@ WHISPERWIRE = str(Path(sys.executable).parent / "whisperwire")
 
 async def test_serve_with_http_port_answers_curl_and_drains_on_sigterm() -> None:
     process = await asyncio.create_subprocess_exec(
-        WHISPERWIRE, "serve", "--model", "tiny.en", "--port", "0",
+        WHISPERWIRE, "serve", "--model", "tiny.en", "--port", "0", "--http-port", "0",
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "WHISPERWIRE_HTTP_PORT": "0", "WHISPERWIRE_THREADS": "1"},
+        env={**os.environ, "WHISPERWIRE_THREADS": "1"},
     )  # fmt: skip
     try:
         assert process.stdout is not None

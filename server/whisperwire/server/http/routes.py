@@ -47,6 +47,7 @@ class AudioApi:
             audio = forms.audio_request(form, task, self.pipeline.engine)
             options = self.pipeline.validate(audio.options)
             data = await audio.upload.read()
+        # Decoded before answering, so undecodable audio is a 400 even when streaming.
         samples = await asyncio.to_thread(
             decode_audio, data, max_seconds=self.pipeline.max_audio_seconds
         )
