@@ -35,7 +35,8 @@ from typing import Any, cast
 
 import modal
 
-from whisperwire.client.modal_discovery import registry_name, resolve_target
+from whisperwire.client.modal_discovery import resolve_target
+from whisperwire.modal_registry import registry_name
 
 # ## Constants
 #
@@ -95,10 +96,10 @@ NOT_SHIPPED = [
     "*.egg-info", "benchmarks/results",
 ]  # fmt: skip
 
-# jfk.flac from openai/whisper's tests, for the smoke test when no local copy is given.
-JFK_URL = "https://raw.githubusercontent.com/openai/whisper/v20250625/tests/jfk.flac"
-JFK_SHA256 = "63a4b1e4c1dc655ac70961ffbf518acd249df237e5a0152faae9a4a836949715"
-SHARED_AUDIO_DIR = PROJECT_DIR.parent / "shared" / "audio"
+# The project's speech clips (sources and licences in tests/data/README.md): jfk.flac for the
+# smoke test, all of them for the benchmark.
+TEST_AUDIO_DIR = PROJECT_DIR / "tests" / "data"
+JFK_CLIP = TEST_AUDIO_DIR / "jfk.flac"
 
 # ## The container image
 #
@@ -115,13 +116,14 @@ image = (
     .pip_install(f"torch=={TORCH_VERSION}", index_url=TORCH_INDEX_URL)
     .pip_install(f"tensorrt-llm=={TENSORRT_LLM_VERSION}", extra_index_url=NVIDIA_INDEX_URL)
     .add_local_dir(PROJECT_DIR, PROJECT_IN_IMAGE, copy=True, ignore=NOT_SHIPPED)
-    .run_commands(f"python -m pip install '{PROJECT_IN_IMAGE}[builder]'")
+    .run_commands(f"python -m pip install '{PROJECT_IN_IMAGE}[server,builder]'")
 )
 
 # The serving code needs CUDA and TensorRT-LLM only inside the container; locally (for
 # `modal run`/`modal deploy`, and the tests) these imports are plain Python.
 with image.imports():  # type: ignore[no-untyped-call]
-    from engine_builder import detect_gpu_name, installed_trtllm_version
+    from engine_builder import volume as engine_volume
+    from engine_builder.environment import detect_gpu_name, installed_trtllm_version
     from whisperwire.server import deploy
     from whisperwire.server.app import load_engine
     from whisperwire.server.config import ServerSettings
@@ -155,22 +157,24 @@ app = modal.App(APP_NAME)
 )
 def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU) -> dict[str, Any]:
     root = Path(VOLUME_PATH)
-    result = deploy.build_into_volume(root, model, precision, gpu=gpu, commit=volume.commit)
+    result = engine_volume.build_into_volume(root, model, precision, gpu=gpu, commit=volume.commit)
     status = "built" if result.built else "already built"
     print(f"{status}: {result.engine_dir}")
     return {"engine_dir": str(result.engine_dir), "built": result.built}
 
 
-def serving_settings() -> ServerSettings:
+def serving_settings(http_port: int | None = None) -> ServerSettings:
     """Settings for this container: the newest matching engine build on the Volume."""
-    engine_dir = deploy.find_engine_dir(
-        Path(VOLUME_PATH, deploy.ENGINES_DIR),
+    engine_dir = engine_volume.find_engine_dir(
+        Path(VOLUME_PATH, engine_volume.ENGINES_DIR),
         MODEL,
         PRECISION,
         trtllm_version=installed_trtllm_version() or TENSORRT_LLM_VERSION,
         gpu_name=detect_gpu_name(),
     )
-    return deploy.container_settings(engine_dir, port=GRPC_PORT, grace=DRAIN_SECONDS)
+    return deploy.container_settings(
+        engine_dir, port=GRPC_PORT, grace=DRAIN_SECONDS, http_port=http_port
+    )
 
 
 # ## Serving through a tunnel
@@ -297,7 +301,7 @@ class HttpApi:
 
 def serve_http_api() -> deploy.BackgroundServer:
     """The server with its HTTP API on `HTTP_PORT`, token required, started and warm."""
-    settings = serving_settings().model_copy(update={"http_port": HTTP_PORT})
+    settings = serving_settings(http_port=HTTP_PORT)
     deploy.require_token(settings)
     engine, tokenizer = load_engine(settings)
     server = deploy.BackgroundServer(settings, engine, tokenizer)
@@ -316,7 +320,7 @@ def serve_http_api() -> deploy.BackgroundServer:
 @app.local_entrypoint()
 def smoke(audio: str = "") -> None:
     token = local_token()
-    clip = Path(audio) if audio else jfk_clip(Path.home() / ".cache" / "whisperwire")
+    clip = Path(audio) if audio else JFK_CLIP
     print("engines:", build_engines.remote(SMOKE_MODEL, "float16", GPU))
     started = time.perf_counter()
     endpoint = server_variant(SMOKE_MODEL, SMOKE_APP)().endpoint.remote()
@@ -343,16 +347,6 @@ def local_token() -> str:
             "set WHISPERWIRE_TOKEN to the token stored in the whisperwire-token Modal Secret"
         )
     return token
-
-
-def jfk_clip(cache_dir: Path) -> Path:
-    """The shared jfk.flac beside the checkout, else a verified download of openai/whisper's."""
-    shared = SHARED_AUDIO_DIR / "jfk.flac"
-    if shared.is_file():
-        return shared
-    from engine_builder import download_file
-
-    return download_file(JFK_URL, cache_dir / "jfk.flac", sha256=JFK_SHA256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,7 +395,7 @@ async def transcribe_once(target: str, token: str, audio: Path) -> SmokeReport:
 # transcribed per second of wall time, latency per call), and push-to-talk streams that send
 # their clip in real time and release the key (latency = release to final). The numbers
 # include the path from here to Modal's relay. Clips: the LibriSpeech-length files in
-# `--audio-dir` (default: the shared clips beside the checkout, else jfk.flac).
+# `--audio-dir` (default: the project's clips in tests/data; jfk.flac if the folder has none).
 
 
 @app.local_entrypoint()
@@ -409,7 +403,7 @@ def benchmark(
     model: str = MODEL, concurrency: str = "1,4,16", rounds: int = 3, audio_dir: str = ""
 ) -> None:
     token = local_token()
-    clips = load_clips(benchmark_files(Path(audio_dir) if audio_dir else SHARED_AUDIO_DIR))
+    clips = load_clips(benchmark_files(Path(audio_dir) if audio_dir else TEST_AUDIO_DIR))
     print("engines:", build_engines.remote(model, PRECISION, GPU))
     endpoint = server_variant(model, BENCHMARK_APP)().endpoint.remote()
     print(f"server: {endpoint}")
@@ -424,7 +418,7 @@ CHUNK_SECONDS = 0.1
 
 def benchmark_files(audio_dir: Path) -> list[Path]:
     files = sorted(p for p in audio_dir.glob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    return files or [jfk_clip(Path.home() / ".cache" / "whisperwire")]
+    return files or [JFK_CLIP]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -523,7 +517,7 @@ async def _push_to_talk_level(
 ) -> list[float]:
     from whisperwire.client.aio import AsyncClient
     from whisperwire.client.options import RecognitionOptions, StreamOptions
-    from whisperwire.client.results import Final
+    from whisperwire.client.results import FinalResult
 
     options = StreamOptions(recognition=RecognitionOptions(language="en"))
     chunk_bytes = int(16000 * CHUNK_SECONDS) * 2
@@ -537,7 +531,7 @@ async def _push_to_talk_level(
             released = time.perf_counter()
             await stream.end_utterance()
             async for event in stream:
-                if isinstance(event, Final):
+                if isinstance(event, FinalResult):
                     return time.perf_counter() - released
         raise RuntimeError("the stream ended without a final")
 

@@ -1,1 +1,1 @@
-"""Benchmarks: whisperwire side by side with faster-whisper and the anchors of performance.md."""
+"""Benchmarks: whisperwire beside faster-whisper and the anchors of docs/performance.md."""

@@ -1,5 +1,5 @@
-"""Peak memory of one engine batch against its size (issue 7: where the server's RSS under
-concurrent streams goes).
+"""Peak memory of one engine batch against its size (where the server's RSS under concurrent
+streams goes).
 
 Each (model, batch size) runs in a fresh process: load the CTranslate2 engine, decode one
 window to warm up, note ru_maxrss, then decode `batch` copies of the jfk window in one

@@ -311,13 +311,22 @@ class Figure:
             self.ratio = self.value / self.anchor_value
 
 
+def command_line(argv: list[str]) -> list[str]:
+    """argv with the script's path relative to the repository: results name no machine's paths."""
+    if not argv:
+        return []
+    script = Path(argv[0]).resolve()
+    name = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else script.name
+    return [name, *argv[1:]]
+
+
 @dataclass
 class Run:
     """Metadata of one benchmark run."""
 
     benchmark: str  # also the result file's name
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    argv: list[str] = field(default_factory=lambda: command_line(sys.argv))
     loadavg_start: list[float] = field(default_factory=loadavg)
     loadavg_samples: list[list[float]] = field(default_factory=list)
     cpus: int = field(default_factory=lambda: os.cpu_count() or 0)

@@ -40,7 +40,7 @@ from benchmarks.common import (
     worker_channel,
     write_results,
 )
-from benchmarks.instant_engine import instant_engine_and_tokenizer
+from tests.engine_double import instant_engine
 
 INSTANT = "instant"
 GRPC, HTTP, DIRECT = "grpc Transcribe", "http transcriptions", "bare pipeline"
@@ -116,7 +116,7 @@ async def open_target(args: argparse.Namespace, model: str) -> Target:
 
     engine: Engine
     if model == INSTANT:
-        engine, tokenizer = instant_engine_and_tokenizer()
+        engine, tokenizer = instant_engine()
     else:
         model_dir = resolve_model(model)
         engine = CTranslate2Engine(model_dir, model_name=model, threads=args.threads)
@@ -128,7 +128,8 @@ async def open_target(args: argparse.Namespace, model: str) -> Target:
     argv += ["--http-port", str(server.http_port)]
     client, _ = await AsyncWorker.start("client", argv)
     # What the HTTP form gives (language en, OpenAI's default temperature 0 = the ladder).
-    return Target(server, direct, DecodeOptions(language="en"), client)
+    options = direct.validate(DecodeOptions(language="en"))  # as the fronts do per request
+    return Target(server, direct, options, client)
 
 
 async def bench_model(args: argparse.Namespace, model: str) -> dict[str, Any]:

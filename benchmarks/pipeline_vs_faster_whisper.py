@@ -1,9 +1,9 @@
-"""Issue 2: this pipeline vs faster-whisper on the same model, compute type, threads and audio.
+"""This pipeline vs faster-whisper on the same model, compute type, threads and audio.
 
 Each side runs in its own worker process (so ru_maxrss is that side's peak RSS) and the main
 process asks them in turn, A, B, B, A, ..., so machine noise hits both sides alike.
 
-- Short clips (the shared ones): `SpeechPipeline.transcribe` vs `WhisperModel.transcribe`.
+- Short clips (tests/data): `SpeechPipeline.transcribe` vs `WhisperModel.transcribe`.
 - A long file (the English clips repeated, 1 s pauses, 12 times: 305 s, >= 5 min):
   `BatchedInferencePipeline` at batch sizes 1..16 (and its sequential `WhisperModel.transcribe`)
   vs our pipeline with the engine's max_batch_size 1/4/8; best vs best, then head to head; every
@@ -61,7 +61,7 @@ from tests.speech import Clip, normalise, wer
 
 LONG = "long"
 OURS, FW = "ours", "faster-whisper"
-ANCHOR_BATCHED_BASE = 45.7  # x real time, base int8, 2 cores, BatchedInferencePipeline (issue 2)
+ANCHOR_BATCHED_BASE = 45.7  # x real time, base int8, 2 cores, batched: docs/performance.md
 
 
 # ---- audio --------------------------------------------------------------------------------
@@ -539,7 +539,7 @@ def _long_figures(model: str, tag: str, long: dict[str, Any]) -> list[Figure]:
                 f"faster-whisper batched best, {tag} (calibration)",
                 fw_best,
                 "x real time",
-                "issue 2: 45.7x measured on 2 cores",
+                "45.7x measured on 2 cores (docs/performance.md)",
                 ANCHOR_BATCHED_BASE,
                 note=f"{h2h['basis']}; the machine's load decides this one",
             )

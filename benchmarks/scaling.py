@@ -57,18 +57,18 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.load import QUIET, ForeignLoad
-from benchmarks.service_latency import ENGINE_FLOOR_MS, LATENCY_GOAL_MS
+from benchmarks.service_latency import DOC, ENGINE_FLOOR_MS, LATENCY_GOAL_MS
 from tests.speech import chunks, to_s16le, wer
 from whisperwire.client import (
     AsyncAudioStream,
     AsyncClient,
-    Final,
+    FinalResult,
     RecognitionOptions,
     StreamOptions,
     WhisperwireClientError,
 )
 
-CLIP_SECONDS = 10.0  # as service_latency: performance.md's goals are for clips up to 10 s
+CLIP_SECONDS = 10.0  # as service_latency: the latency goals are for clips up to 10 s
 CHUNK_SECONDS = 0.02
 CORRECT_WER = 0.2
 RSS_INTERVAL = 0.5  # s between VmRSS samples
@@ -217,7 +217,7 @@ async def release(stream: AsyncAudioStream) -> dict[str, Any]:
     started = time.perf_counter()
     await stream.end_utterance()
     while (event := await stream.next_event()) is not None:
-        if isinstance(event, Final):
+        if isinstance(event, FinalResult):
             latency = time.perf_counter() - started
             return {"latency_ms": 1000 * latency, "text": event.transcript.text}
     raise RuntimeError("the call ended before the final")
@@ -552,9 +552,9 @@ def single_stream_figure(model: str, low: dict[str, Any], suffix: str) -> Figure
         f"release→final p50, 1 real-time stream{suffix}",
         low["p50_ms"],
         "ms",
-        "bare engine floor, greedy 20 tokens (performance.md §6)",
+        f"bare engine floor, greedy 20 tokens ({DOC})",
         ENGINE_FLOOR_MS[model],
-        goal=f"<= {goal:g} ms (performance.md §7)",
+        goal=f"<= {goal:g} ms ({DOC})",
         goal_met=low["p50_ms"] <= goal,
         note=f"clips <= 10 s sent in real time; p95 {low['p95_ms']:.0f} ms",
     )

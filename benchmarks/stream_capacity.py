@@ -2,7 +2,7 @@
 at once (so only the service is measured: gRPC, session, VAD, log-mel, scheduler).
 
 The server runs in its own process (real start_server, the instant engine of
-benchmarks/instant_engine.py and the tiny.en tokenizer); a client process opens N StreamAudio
+tests/engine_double.py and the tiny.en tokenizer); a client process opens N StreamAudio
 calls, each sending 640-byte chunks (20 ms of 16 kHz PCM16, real speech) every 20 ms, paced in
 real time. Server CPU (utime + stime from /proc/<pid>/stat) over a steady window gives % of a
 core per stream, also normalised to exactly 50 msg/s in case the client fell behind.
@@ -11,7 +11,7 @@ Two modes, alternating:
 - ptt: push-to-talk, end_utterance every ~3 s per stream (phases staggered), so every stream
   also costs a final (VAD + 30 s log-mel + an instant engine call) every 3 s;
 - chunks: audio only (finals only when streams close, outside the window), comparable to the
-  0.24 %/stream anchor (raw grpc.aio bytes handlers, performance.md §5).
+  0.24 %/stream anchor (raw grpc.aio bytes handlers, docs/performance.md).
 
     python -m benchmarks.stream_capacity                       # N = 10, 50, 100; ~3 min
     python -m benchmarks.stream_capacity --streams 10,50,100,200 --seconds 30 --repeats 2
@@ -57,18 +57,18 @@ from tests.speech import JFK
 CHUNK_BYTES = 640
 CHUNK_SECONDS = 0.02
 STREAMS_PER_CHANNEL = 50  # HTTP/2 connections commonly cap concurrent streams at 100
-ANCHOR_PERCENT_PER_STREAM = 0.24  # performance.md §5: paced bidi, 50 msg/s, raw grpc.aio
+ANCHOR_PERCENT_PER_STREAM = 0.24  # paced bidi, 50 msg/s, raw grpc.aio: docs/performance.md
 GOAL_PERCENT_PER_STREAM = 0.3
 PTT, CHUNKS = "ptt", "chunks"
 
 
 # ---- server process -----------------------------------------------------------------------
 async def server_main(args: argparse.Namespace) -> None:
-    from benchmarks.instant_engine import instant_engine_and_tokenizer
+    from tests.engine_double import instant_engine
     from whisperwire.server.config import ServerSettings
 
     requests, out = worker_channel()
-    engine, tokenizer = instant_engine_and_tokenizer()
+    engine, tokenizer = instant_engine()
     # One client process plays every caller: the per-address limit would refuse most of them.
     settings = ServerSettings(
         port=0, max_streams=max(256, 2 * args.max_streams), max_streams_per_client=0
@@ -334,7 +334,7 @@ def figures_for(args: argparse.Namespace, runs: list[dict[str, Any]]) -> list[Fi
                     f"server CPU per 50 msg/s stream, {n} streams, {what}{tag}",
                     value,
                     "% of a core",
-                    "raw grpc.aio paced bidi (performance.md §5)",
+                    "raw grpc.aio paced bidi (docs/performance.md)",
                     ANCHOR_PERCENT_PER_STREAM,
                     goal=f"<= {GOAL_PERCENT_PER_STREAM} %",
                     goal_met=value <= GOAL_PERCENT_PER_STREAM,

@@ -15,14 +15,15 @@ HEADER = """# Benchmark summary
 
 Written by `benchmarks/run_all.sh` (`python -m benchmarks.summary`) from the JSON files beside
 it. Machine: {cpus} CPUs. Each figure's *anchor* is what it is compared with: the other side
-measured in the same run (interleaved), or a number from
-[performance.md](../../../shared/reference/performance.md) or the issue. *ratio* = value /
+measured in the same run (interleaved), or a fixed number from
+[docs/performance.md](../../docs/performance.md). *ratio* = value /
 anchor (for same-run comparisons: the median of per-pair ratios). Absolute times depend on the
 load of the machine, given per run below (`os.getloadavg()`, 1/5/15 min); ratios of interleaved
 runs much less so. Where a figure says "quiet pairs", only pairs during which other processes
 used at most 10 % of the machine's CPU were counted (benchmarks/load.py).
 
-Figures of the load and fault tests (tests/load, tests/test_faults.py) are in [load/](load/).
+Figures of the load and fault tests (tests/load, tests/test_faults.py), when run with
+`--report-dir benchmarks/results/load`, are in [load/](load/).
 """
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.reports import Publish, publisher
+from tests.speech import AUDIO_DIR
 from whisperwire.server.app import RunningServer, start_server
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
@@ -17,13 +19,20 @@ from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.runner import DirectRunner
 from whisperwire.server.tokenizer import WhisperTokenizer
 
-# CI checks out shared/ beside the project (see ../shared/audio/README.md).
-AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="write the figures the load and fault tests measure here "
+        "(benchmarks/results/load publishes them); default: a temporary folder",
+    )
 
 
 @pytest.fixture(scope="session")
 def audio_dir() -> Path:
-    assert AUDIO_DIR.is_dir(), f"real speech clips expected in {AUDIO_DIR}"
+    """tests/data: the real speech clips (sources and licences in its README)."""
     return AUDIO_DIR
 
 
@@ -55,6 +64,13 @@ def whisper_assets_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         pytest.fail("reference assets missing: pip install --no-deps openai-whisper==20250625")
     return Path(next(iter(spec.submodule_search_locations))) / "assets"
+
+
+@pytest.fixture(scope="session")
+def publish(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Publish:
+    """Prints measured figures and writes them as JSON; into the repository only on request."""
+    chosen: Path | None = pytestconfig.getoption("report_dir")
+    return publisher(chosen if chosen is not None else tmp_path_factory.mktemp("reports"))
 
 
 # ---- engines, pipelines and a real server (shared across the session: models load once) --

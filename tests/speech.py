@@ -1,4 +1,4 @@
-"""Test helpers for real speech: the shared clips, their transcripts, WER, synthetic audio."""
+"""Real speech for tests: the clips in tests/data, their transcripts, WER, synthetic audio."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import jiwer
 import numpy as np
 import numpy.typing as npt
 
-AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
+AUDIO_DIR = Path(__file__).resolve().parent / "data"  # sources and licences: data/README.md
 SAMPLE_RATE = 16000
 
 

@@ -20,15 +20,15 @@ from whisperwire.client import (
     Client,
     DeadlineExceededError,
     EndReason,
-    Final,
-    Partial,
+    FinalResult,
+    PartialResult,
     RecognitionOptions,
     RetryPolicy,
-    SegmentCommitted,
+    SegmentResult,
     ServerBusyError,
     ServerUnavailableError,
     ServiceError,
-    SpeechActivity,
+    SpeechEvent,
     StreamClosedError,
     StreamOptions,
 )
@@ -127,7 +127,7 @@ async def test_push_to_talk_utterances_on_one_stream(client: AsyncClient) -> Non
             await stream.end_utterance()
         finals = []
         async for event in stream:
-            if isinstance(event, Final):
+            if isinstance(event, FinalResult):
                 finals.append(event)
             if len(finals) == len(clips):
                 break
@@ -148,7 +148,7 @@ async def test_cancel_drops_the_utterance_and_close_flushes_the_next(client: Asy
     await stream.close()
     events = [event async for event in stream]
 
-    finals = [e for e in events if isinstance(e, Final)]
+    finals = [e for e in events if isinstance(e, FinalResult)]
     assert len(finals) == 1
     assert finals[0].utterance_id == 2 and finals[0].end_reason == EndReason.STREAM_CLOSED
     assert wer(HESTER.reference, finals[0].transcript.text) <= 0.1
@@ -174,14 +174,14 @@ async def test_partials_segments_and_speech_events(client: AsyncClient) -> None:
         events = []
         async for event in stream:
             events.append(event)
-            if isinstance(event, Final):
+            if isinstance(event, FinalResult):
                 break
 
     kinds = {type(e) for e in events}
-    assert {Partial, SegmentCommitted, SpeechActivity} <= kinds
-    segments = [e.segment for e in events if isinstance(e, SegmentCommitted)]
+    assert {PartialResult, SegmentResult, SpeechEvent} <= kinds
+    segments = [e.segment for e in events if isinstance(e, SegmentResult)]
     final = events[-1]
-    assert isinstance(final, Final)
+    assert isinstance(final, FinalResult)
     committed = final.transcript.segments[: len(segments)]
     assert [s.text for s in committed] == [s.text for s in segments]
     assert wer(f"{HESTER.reference} {NIGHTFALL.reference}", final.transcript.text) <= 0.15
@@ -194,7 +194,7 @@ async def test_sync_stream_push_end_and_iterate(tiny_target: str) -> None:
             stream.end_utterance()
             stream.push(pcm(HESTER))
             stream.close()
-            return [e.transcript.text for e in stream if isinstance(e, Final)]
+            return [e.transcript.text for e in stream if isinstance(e, FinalResult)]
 
     texts = await asyncio.to_thread(talk)
     assert len(texts) == 2
@@ -253,7 +253,7 @@ async def test_stream_open_is_retried_until_the_engine_is_ready(
             stream = await client.stream()
             await stream.push(pcm(HESTER))
             await stream.close()
-            [final] = [e async for e in stream if isinstance(e, Final)]
+            [final] = [e async for e in stream if isinstance(e, FinalResult)]
         assert wer(HESTER.reference, final.transcript.text) <= 0.1
     finally:
         guarded_server.state.ready = True

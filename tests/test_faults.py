@@ -3,7 +3,8 @@ mid-decode or stop reading; floods of tiny chunks; chunks over the limits; idle 
 too many streams at once; an engine failure on one batch; SIGTERM under load; a restart.
 
 Waits are conditions polled a bounded number of times, never timing asserts; what is
-measured (memory, rates, exit times) is printed and written to benchmarks/results/load/.
+measured (memory, rates, exit times) is printed and written by the `publish` fixture (to a
+temporary folder; `--report-dir benchmarks/results/load` publishes it).
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ import asyncio
 import contextlib
 import functools
 import gc
-import json
 import resource
-import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import pytest
 
+from tests.engine_double import CUDA_FAILURE, ScriptedEngine, Step
 from tests.grpc_helpers import (
     END,
     audio_requests,
@@ -36,6 +34,7 @@ from tests.grpc_helpers import (
     stub,
 )
 from tests.load.serve_process import ServeProcess
+from tests.reports import Publish
 from tests.speech import HESTER, JFK, NIGHTFALL, Clip, load_pcm16k, to_s16le, wer
 from whisperwire.client import AsyncClient, RetryPolicy, StreamOptions
 from whisperwire.client.call_status import ServerStatus
@@ -47,7 +46,6 @@ from whisperwire.client.push_to_talk import (
     UtteranceResult,
 )
 from whisperwire.server.app import RunningServer
-from whisperwire.server.engine import Features, Generation, GenerationParams
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
 from whisperwire.server.session import Envelope
 from whisperwire.server.tokenizer import WhisperTokenizer
@@ -60,44 +58,7 @@ OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 # A reader with a 1 KiB HTTP/2 window: the server can send it almost nothing unread.
 SLOW_READER = [*OWN_CONNECTION, ("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
 POLLS = 400  # bounded waits: 400 × 50 ms
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "load"
 GREEDY = {"language": "en", "temperature": 0.0}  # one engine call per utterance: no fallback
-
-
-class ControlledEngine:
-    """The real engine behind a gate that can hold a decode in the engine; it can fail chosen
-    generate calls, and records the batch size of every call."""
-
-    def __init__(self, inner: CTranslate2Engine) -> None:
-        self.inner, self.info = inner, inner.info
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.batches: list[int] = []
-        self.failing_calls: set[int] = set()
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget calls so far (the warm-up) and open the gate."""
-        self.batches.clear()
-        self.entered.clear()
-        self.gate.set()
-
-    def generate(
-        self,
-        features: Sequence[Features],
-        prompts: Sequence[Sequence[int]],
-        params: GenerationParams,
-    ) -> list[Generation]:
-        number = len(self.batches)
-        self.batches.append(len(features))
-        self.entered.set()
-        self.gate.wait(timeout=60)
-        if number in self.failing_calls:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return self.inner.generate(features, prompts, params)
-
-    def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
-        return self.inner.detect_language(features)
 
 
 async def until(condition: Callable[[], bool]) -> bool:
@@ -155,13 +116,6 @@ async def still_serves(channel: grpc.aio.Channel) -> None:
     assert wer(HESTER.reference, final.final_result.transcript.text) <= 0.1
 
 
-def publish(name: str, figures: dict[str, Any]) -> None:
-    text = json.dumps(figures, indent=2)
-    print(f"\n{name}:\n{text}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(text + "\n")
-
-
 @contextlib.asynccontextmanager
 async def own_channel(
     running: RunningServer, options: list[tuple[str, int]] = OWN_CONNECTION
@@ -193,10 +147,10 @@ async def test_client_vanishing_mid_utterance_leaves_nothing_behind(
 
 
 async def test_cancel_mid_decode_drops_the_call_and_its_queued_work(tiny_engine: Tiny) -> None:
-    engine = ControlledEngine(tiny_engine[0])
+    engine = ScriptedEngine(tiny_engine[0])
     async with serving(engine, tiny_engine[1], batch_wait_ms=0) as (running, channel):
-        engine.reset()
-        engine.gate.clear()
+        engine.forget_calls()
+        engine.script(Step(hold=True))
         decoding = await open_stream(channel, *audio_requests(pcm(HESTER)), END)
         assert await asyncio.to_thread(engine.entered.wait, 30)  # HESTER is in the engine
         queued = await open_stream(channel, *audio_requests(pcm(JFK)), END)
@@ -205,14 +159,14 @@ async def test_cancel_mid_decode_drops_the_call_and_its_queued_work(tiny_engine:
         decoding.cancel()
         queued.cancel()
         assert await until(lambda: not running.state.streams)  # gone while the engine runs
-        engine.gate.set()
+        engine.release()
         assert await until(lambda: idle(running))
-        assert engine.batches == [1]  # the cancelled, queued utterance never reached it
+        assert engine.batch_sizes == [1]  # the cancelled, queued utterance never reached it
         await still_serves(channel)
 
 
 async def test_slow_reader_is_held_back_and_server_memory_stays_bounded(
-    tiny_engine: Tiny,
+    tiny_engine: Tiny, publish: Publish
 ) -> None:
     """A client that stops reading while it talks with partials on: the server keeps at most a
     few events per utterance queued for it (not one per chunk), and all arrive in order once
@@ -269,7 +223,9 @@ def _peak_rss() -> int:
 
 
 # ---- odd and oversized input ------------------------------------------------------------
-async def test_flood_of_tiny_odd_sized_chunks_is_reassembled(tiny_engine: Tiny) -> None:
+async def test_flood_of_tiny_odd_sized_chunks_is_reassembled(
+    tiny_engine: Tiny, publish: Publish
+) -> None:
     data = pcm(HESTER)
     sizes = [0, 1, 2, 3, 5, 7]  # empty, odd and even: samples straddle chunks
     chunks: list[Request] = []
@@ -358,15 +314,15 @@ async def test_idle_streams_time_out_while_a_talking_one_lives_on(tiny_engine: T
 
 async def test_a_half_closed_stream_waiting_for_its_final_is_not_idle(tiny_engine: Tiny) -> None:
     """The client said all it had to say; a slow server is no reason to time it out."""
-    engine = ControlledEngine(tiny_engine[0])
+    engine = ScriptedEngine(tiny_engine[0])
     async with serving(engine, tiny_engine[1], idle_timeout_seconds=1.0) as (running, channel):
-        engine.reset()
-        engine.gate.clear()
+        engine.forget_calls()
+        engine.script(Step(hold=True))
         call = await open_stream(channel, *audio_requests(pcm(HESTER)))
         await call.done_writing()
         assert await asyncio.to_thread(engine.entered.wait, 30)
         await asyncio.sleep(2.5)  # two and a half idle timeouts with the final held up
-        engine.gate.set()
+        engine.release()
         responses, error = await outcome(call)
         assert error is None
         [final] = finals(responses)
@@ -423,24 +379,24 @@ async def _first_response(call: Call) -> grpc.aio.AioRpcError | None:
 
 
 async def test_engine_failure_fails_only_the_callers_in_that_batch(tiny_engine: Tiny) -> None:
-    engine = ControlledEngine(tiny_engine[0])
+    engine = ScriptedEngine(tiny_engine[0])
     settings = {"batch_wait_ms": 0, "max_batch_size": 2}
     async with serving(engine, tiny_engine[1], **settings) as (running, channel):
-        engine.reset()
-        engine.failing_calls = {1}  # the second engine call: the first batch of two
-        engine.gate.clear()
+        engine.forget_calls()
+        # Call 0 holds the engine; call 1, the first batch of two, fails.
+        engine.script(Step(hold=True), Step(error=CUDA_FAILURE))
         clips = [HESTER, JFK, NIGHTFALL, HESTER, JFK]
         calls = [await open_stream(channel, *audio_requests(pcm(clips[0])), END)]
         assert await asyncio.to_thread(engine.entered.wait, 30)  # call 0 holds the engine
         for waiting, clip in enumerate(clips[1:], start=1):  # queued in this order
             calls.append(await open_stream(channel, *audio_requests(pcm(clip)), END))
             assert await until(lambda n=waiting: running.scheduler.queue_depth == n)
-        engine.gate.set()
+        engine.release()
         for call in calls:
             await call.done_writing()
         results = await asyncio.gather(*(outcome(call) for call in calls))
 
-        assert engine.batches == [1, 2, 2]
+        assert engine.batch_sizes == [1, 2, 2]
         failed = [i for i, (_, error) in enumerate(results) if error is not None]
         assert failed == [1, 2]  # first come, first served: the batch of streams 1 and 2
         for index in failed:
@@ -462,7 +418,7 @@ def serve_process() -> Iterator[ServeProcess]:
 
 
 async def test_sigterm_under_load_finalizes_every_open_utterance(
-    serve_process: ServeProcess,
+    serve_process: ServeProcess, publish: Publish
 ) -> None:
     streams = 20
     async with grpc.aio.insecure_channel(serve_process.target) as channel:

@@ -172,8 +172,11 @@ async def test_translations_turn_chinese_speech_into_english(base_server: Runnin
         model="whisper-1", file=upload(CHINESE), response_format="verbose_json"
     )
     assert translated.language == "english"  # the language of the translated text
-    # base translates this clip poorly, but into English: the task reached the decoder.
-    assert translated.text.isascii() and translated.text.strip()
+    # base translates this clip loosely (fallback sampling varies), but into English words:
+    # the task reached the decoder.
+    letters = [ch for ch in translated.text if ch.isalpha()]
+    ascii_share = sum(ch.isascii() for ch in letters) / max(1, len(letters))
+    assert len(translated.text.split()) >= 3 and ascii_share >= 0.8, translated.text
     assert translated.segments and translated.segments[0].text
     assert not heard.text.isascii()
 
@@ -394,9 +397,9 @@ async def test_http_and_grpc_callers_at_once_share_the_scheduler(server: Running
 
 # ---- settings, startup, the real process ----------------------------------------------------
 def test_http_is_off_unless_a_port_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert ServerSettings().http_port is None
+    assert ServerSettings().network.http_port is None
     monkeypatch.setenv("WHISPERWIRE_HTTP_PORT", "8080")
-    assert ServerSettings().http_port == 8080
+    assert ServerSettings().network.http_port == 8080
 
 
 async def test_a_taken_http_port_is_a_startup_error(

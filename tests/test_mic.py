@@ -1,6 +1,11 @@
 """`whisperwire mic` end to end through an emulated microphone: a private PulseAudio daemon
 whose pipe source plays a real clip at real-time pace, captured by sounddevice (PortAudio),
-gated by webrtcvad, streamed to a real server (recipe: shared/reference/testing.md).
+gated by webrtcvad, streamed to a real server.
+
+The emulation: PulseAudio's `module-pipe-source` turns a FIFO into a capture device (made the
+default source), so PortAudio's `pulse`/`default` device reads whatever is written to the
+FIFO. The source has no clock of its own and delivers as fast as data arrives, so the writer
+paces itself at 20 ms per 20 ms chunk.
 
 Needs the Debian packages pulseaudio, pulseaudio-utils, libportaudio2, libasound2-plugins.
 """

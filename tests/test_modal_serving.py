@@ -32,13 +32,14 @@ from whisperwire.client import (
     AsyncClient,
     AuthenticationError,
     EndReason,
-    Final,
+    FinalResult,
     RecognitionOptions,
     ServerUnavailableError,
-    SpeechActivity,
+    SpeechEvent,
     StreamOptions,
 )
-from whisperwire.client.modal_discovery import TunnelEndpoint, resolve_target
+from whisperwire.client.modal_discovery import resolve_target
+from whisperwire.modal_registry import TunnelEndpoint
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.deploy import (
     TunnelService,
@@ -159,9 +160,9 @@ def test_the_container_has_no_per_client_limit_unless_the_secret_sets_one(
     """Callers arrive through Modal's relay, so they would all share one client address."""
     monkeypatch.setenv("WHISPERWIRE_TOKEN", "t0ken")
     monkeypatch.delenv("WHISPERWIRE_MAX_STREAMS_PER_CLIENT", raising=False)
-    assert container_settings(tmp_path, port=50051, grace=30).max_streams_per_client == 0
+    assert container_settings(tmp_path, port=50051, grace=30).limits.max_streams_per_client == 0
     monkeypatch.setenv("WHISPERWIRE_MAX_STREAMS_PER_CLIENT", "8")
-    assert container_settings(tmp_path, port=50051, grace=30).max_streams_per_client == 8
+    assert container_settings(tmp_path, port=50051, grace=30).limits.max_streams_per_client == 8
 
 
 def test_without_a_token_nothing_is_started_or_exposed(tiny_engine: Engine, tmp_path: Path) -> None:
@@ -276,16 +277,16 @@ def _stream_options() -> StreamOptions:
 async def _push_until_heard(stream: Any) -> None:
     """Send a whole clip without ending the utterance; return once the server hears speech."""
     await stream.push(to_s16le(load_pcm16k(HESTER)))
-    while not isinstance(await stream.next_event(), SpeechActivity):
+    while not isinstance(await stream.next_event(), SpeechEvent):
         pass
 
 
-async def _final_then_unavailable(stream: Any) -> Final:
+async def _final_then_unavailable(stream: Any) -> FinalResult:
     """The drain's final for the open utterance, then the call's UNAVAILABLE status."""
     finals = []
     with pytest.raises(ServerUnavailableError) as raised:
         while (event := await stream.next_event()) is not None:
-            if isinstance(event, Final):
+            if isinstance(event, FinalResult):
                 finals.append(event)
     assert raised.value.reason == "SERVER_DRAINING"
     (final,) = finals

@@ -1,7 +1,7 @@
 """Loopback stand-ins for Modal's servers, and the proof that they are as strict as Modal.
 
 `LoopbackForward` replaces `modal.forward`: it validates its arguments as modal 1.6.4 does
-(modal.md §1: int port 1..65535, h2 only on encrypted tunnels, a port forwarded once), yields a
+(int port 1..65535, h2 only on encrypted tunnels, a port forwarded once: docs/modal.md), yields a
 real `modal.Tunnel` whose `tcp_socket` exists only with `unencrypted=True`, and relays a fresh
 loopback port to the container port over real TCP until the context exits.
 

@@ -18,6 +18,7 @@ from tests.speech import (
     wer,
     white_noise,
 )
+from whisperwire.server import vad
 from whisperwire.server.domain import DecodeOptions, Task
 from whisperwire.server.errors import (
     AudioTooLongError,
@@ -137,12 +138,12 @@ async def test_beam_search(tiny_pipeline: SpeechPipeline) -> None:
         (DecodeOptions(temperatures=(1.5,)), InvalidOptionError, "temperature"),
     ],
 )
-async def test_bad_options_raise_typed_errors(
+def test_bad_options_raise_typed_errors(
     tiny_pipeline: SpeechPipeline, options: DecodeOptions, error: type[Exception], field: str
 ) -> None:
     # tiny.en is English-only, so translate is impossible there.
     with pytest.raises(error) as raised:
-        await tiny_pipeline.transcribe_bytes(JFK.read(), options)
+        tiny_pipeline.validate(options)
     assert getattr(raised.value, "field", None) == field
 
 
@@ -152,3 +153,26 @@ async def test_audio_over_the_limit_is_rejected(tiny_pipeline: SpeechPipeline) -
     )
     with pytest.raises(AudioTooLongError):
         await limited.transcribe_bytes(JFK.read(), DecodeOptions())
+
+
+async def test_speech_spans_found_upstream_replace_the_detector(
+    tiny_pipeline: SpeechPipeline,
+) -> None:
+    """A stream's session has already run voice-activity detection: the pipeline decodes the
+    spans it is given and does not look for speech again."""
+    samples = load_pcm16k(JFK)
+    options = DecodeOptions(language="en")
+    told_silent = await tiny_pipeline.transcribe(samples, options, speech=[])
+    assert told_silent.text == "" and told_silent.timings.engine == 0.0  # no engine call
+    spans = vad.speech_spans(samples)
+    told = await tiny_pipeline.transcribe(samples, options, speech=spans)
+    found = await tiny_pipeline.transcribe(samples, options)
+    assert told.text == found.text
+    assert wer(JFK.reference, told.text) <= 0.1
+
+
+def test_options_are_normalised_once_by_validate(tiny_pipeline: SpeechPipeline) -> None:
+    assert tiny_pipeline.validate(DecodeOptions(language="English")).language == "en"
+    with pytest.raises(InvalidOptionError) as raised:
+        tiny_pipeline.validate(DecodeOptions(word_timestamps=True))
+    assert raised.value.field == "enable_word_timestamps"

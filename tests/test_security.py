@@ -36,7 +36,7 @@ from whisperwire.server import auth
 from whisperwire.server.app import ConfigurationError, RunningServer, check_exposure
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
-from whisperwire.server.servicer import client_address
+from whisperwire.server.stream_call import client_address
 from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
 

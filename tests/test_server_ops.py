@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import urllib.request
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import pytest
 import threadpoolctl
 
+from tests.engine_double import CUDA_FAILURE, ScriptedEngine, Step
 from tests.grpc_helpers import (
     END,
     audio_requests,
@@ -24,33 +24,11 @@ from tests.grpc_helpers import (
 )
 from tests.speech import HESTER, JFK, load_pcm16k, to_s16le, wer
 from whisperwire.server.app import RunningServer
-from whisperwire.server.engine import Features, Generation, GenerationParams
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
 from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
 
 Tiny = tuple[CTranslate2Engine, WhisperTokenizer]
-
-
-class FlakyEngine:
-    """The real engine, except that the next `failures` generate calls raise."""
-
-    def __init__(self, inner: CTranslate2Engine) -> None:
-        self.inner, self.info, self.failures = inner, inner.info, 0
-
-    def generate(
-        self,
-        features: Sequence[Features],
-        prompts: Sequence[Sequence[int]],
-        params: GenerationParams,
-    ) -> list[Generation]:
-        if self.failures:
-            self.failures -= 1
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return self.inner.generate(features, prompts, params)
-
-    def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
-        return self.inner.detect_language(features)
 
 
 async def test_bearer_token(tiny_engine: Tiny) -> None:
@@ -83,15 +61,52 @@ async def test_not_ready_is_unavailable_with_retry_info(tiny_engine: Tiny) -> No
 
 async def test_engine_failure_fails_only_that_batch(tiny_engine: Tiny) -> None:
     engine, tokenizer = tiny_engine
-    flaky = FlakyEngine(engine)
+    flaky = ScriptedEngine(engine)
     async with serving(flaky, tokenizer, batch_wait_ms=0) as (_, channel):
-        flaky.failures = 1
+        flaky.script(Step(error=CUDA_FAILURE))
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub(channel).Transcribe(pb.TranscribeRequest(audio_content=HESTER.read()))
         code, reason, _, _ = error_info(raised.value)
         assert (code, reason) == (grpc.StatusCode.INTERNAL, "ENGINE_FAILURE")
         reply = await stub(channel).Transcribe(pb.TranscribeRequest(audio_content=JFK.read()))
         assert wer(JFK.reference, reply.transcript.text) <= 0.1
+
+
+async def test_an_unexpected_error_is_internal_with_error_info_and_serving_goes_on(
+    tiny_engine: Tiny,
+) -> None:
+    """A corrupt engine answer (a token id no vocabulary has) breaks the pipeline with an
+    exception that is no domain error: both call kinds get INTERNAL with ErrorInfo, never
+    UNKNOWN, and the next callers are served."""
+    engine, tokenizer = tiny_engine
+    corrupt = ScriptedEngine(engine)
+    async with serving(corrupt, tokenizer) as (_, channel):
+        corrupt.script(Step(tokens=(-1,)), Step(tokens=(-1,)))
+        greedy = pb.RecognitionConfig(language="en", temperature=0.0)
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await stub(channel).Transcribe(
+                pb.TranscribeRequest(audio_content=HESTER.read(), config=greedy)
+            )
+        streamed = await _stream_failure(
+            channel,
+            [
+                config_request(language="en", temperature=0.0),
+                *audio_requests(to_s16le(load_pcm16k(HESTER))),
+                END,
+            ],
+        )
+        for code, reason, _, _ in [error_info(unary.value), streamed]:
+            assert (code, reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+
+        reply = await stub(channel).Transcribe(pb.TranscribeRequest(audio_content=JFK.read()))
+        assert wer(JFK.reference, reply.transcript.text) <= 0.1
+        requests = [
+            config_request(language="en"),
+            *audio_requests(to_s16le(load_pcm16k(HESTER))),
+            END,
+        ]
+        responses = await collect(stub(channel).StreamAudio(paced(requests)))
+        assert wer(HESTER.reference, responses[-1].final_result.transcript.text) <= 0.1
 
 
 async def test_full_queue_is_resource_exhausted_with_retry_info(tiny_engine: Tiny) -> None:
@@ -158,6 +173,8 @@ async def test_metrics_endpoint(tiny_engine: Tiny) -> None:
         'whisperwire_request_seconds_count{method="Transcribe",protocol="grpc"}',
         'whisperwire_real_time_factor_count{method="Transcribe",protocol="grpc"}',
         'whisperwire_requests_total{code="OK",method="StreamAudio",protocol="grpc"}',
+        'whisperwire_engine_info{device="cpu",dtype="float32",engine="ctranslate2",'
+        'model="tiny.en"} 1.0',
     ):
         assert name in body, name
 

@@ -19,7 +19,11 @@ from whisperwire.server.errors import (
 )
 from whisperwire.server.tokenizer import WhisperTokenizer
 
-# trtllm.md §3: ids of the multilingual vocabulary with 99 languages.
+# Ids of the multilingual vocabulary with 99 languages. openai/whisper's `get_encoding`
+# (https://github.com/openai/whisper/blob/main/whisper/tokenizer.py) appends the special tokens
+# after the 50257 BPE ranks of multilingual.tiktoken, in this order: <|endoftext|>,
+# <|startoftranscript|>, one per language (en, zh, de, ...), <|translate|>, <|transcribe|>,
+# <|startoflm|>, <|startofprev|>, <|nospeech|>, <|notimestamps|>, then the timestamps.
 MULTILINGUAL_99 = {
     "eot": 50257,
     "sot": 50258,
@@ -156,7 +160,8 @@ def test_english_only_ids_are_shifted_down_by_one(english_only: WhisperTokenizer
 
 
 def test_multilingual_prompts(multilingual: WhisperTokenizer) -> None:
-    # trtllm.md §3: "<|startoftranscript|><|en|><|transcribe|><|notimestamps|>"
+    # "<|startoftranscript|><|en|><|transcribe|><|notimestamps|>": the prompt openai/whisper's
+    # decoder starts English transcription from (and TensorRT-LLM's Whisper example's default).
     plain = multilingual.prompt(language="en", task=Task.TRANSCRIBE, timestamps=False)
     translate = multilingual.prompt(language="zh-CN", task=Task.TRANSLATE, timestamps=True)
 

@@ -16,12 +16,10 @@ WHISPERWIRE_LOAD_UTTERANCES (utterances per stream, 1) and WHISPERWIRE_LOAD_ENGI
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -37,6 +35,7 @@ from tests.load.load_client import (
 )
 from tests.load.serve_process import ServeProcess
 from tests.load.utterances import closest_text
+from tests.reports import Publish
 from whisperwire.v1 import transcription_service_pb2 as pb
 
 STREAMS = int(os.environ.get("WHISPERWIRE_LOAD_STREAMS", "200"))
@@ -47,7 +46,6 @@ UTTERANCES = int(os.environ.get("WHISPERWIRE_LOAD_UTTERANCES", "1"))
 ENGINE_THREADS = int(os.environ.get("WHISPERWIRE_LOAD_ENGINE_THREADS", "1"))
 STREAMS_PER_CHANNEL = 25
 MAX_WER = 0.5  # loose: tiny.en hears "and so am I fellow americans" in one cut
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "load"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(SECONDS * 3 + 600)]
 
@@ -116,7 +114,9 @@ def server() -> Iterator[ServeProcess]:
     running.kill()
 
 
-async def test_hundreds_of_real_time_push_to_talk_streams(server: ServeProcess) -> None:
+async def test_hundreds_of_real_time_push_to_talk_streams(
+    server: ServeProcess, publish: Publish
+) -> None:
     plans = plan_streams(STREAMS, SECONDS, UTTERANCES)
     fingerprints = [u.fingerprint for plan in plans for u in plan.utterances]
     assert len(set(fingerprints)) == len(fingerprints)  # every utterance is recognisable
@@ -131,7 +131,7 @@ async def test_hundreds_of_real_time_push_to_talk_streams(server: ServeProcess) 
     sampler.take()
 
     report = _report(outcomes, sampler, began, ended, channels)
-    _publish(report)
+    publish("load", report)
 
     errors = [(o.plan.index, o.code, o.details) for o in outcomes if o.code != grpc.StatusCode.OK]
     assert not errors, errors[:10]
@@ -243,10 +243,3 @@ def _percentiles(values: list[float]) -> dict[str, float]:
         "p95": round(float(np.percentile(array, 95)), 3),
         "max": round(float(array.max()), 3),
     }
-
-
-def _publish(report: dict[str, object]) -> None:
-    text = json.dumps(report, indent=2)
-    print(f"\nload report:\n{text}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "load.json").write_text(text + "\n")

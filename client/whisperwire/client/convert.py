@@ -7,14 +7,14 @@ from google.protobuf.duration_pb2 import Duration
 from whisperwire.client.options import AudioFormat, RecognitionOptions, StreamOptions
 from whisperwire.client.results import (
     EndReason,
-    Final,
-    Partial,
+    FinalResult,
+    PartialResult,
     Segment,
-    SegmentCommitted,
+    SegmentResult,
     ServiceInfo,
     ServiceLimits,
     SessionInfo,
-    SpeechActivity,
+    SpeechEvent,
     StreamEvent,
     Timings,
     Transcript,
@@ -205,7 +205,7 @@ def stream_event(response: pb.StreamAudioResponse) -> StreamEvent | None:
     kind = response.WhichOneof("event")
     if kind == "partial_result":
         p = response.partial_result
-        return Partial(
+        return PartialResult(
             utterance,
             p.text,
             p.stable_prefix_length,
@@ -215,14 +215,14 @@ def stream_event(response: pb.StreamAudioResponse) -> StreamEvent | None:
             received,
         )
     if kind == "segment_result":
-        return SegmentCommitted(utterance, segment(response.segment_result.segment), received)
+        return SegmentResult(utterance, segment(response.segment_result.segment), received)
     if kind == "final_result":
         f = response.final_result
         timing = f.timings if f.HasField("timings") else None
         reason = _END_REASONS.get(f.end_reason, EndReason.UNSPECIFIED)
-        return Final(utterance, transcript(f.transcript, timing), reason, received)
+        return FinalResult(utterance, transcript(f.transcript, timing), reason, received)
     if kind == "speech_event":
         e = response.speech_event
         started = e.type == pb.SPEECH_EVENT_TYPE_SPEECH_STARTED
-        return SpeechActivity(utterance, started, seconds(e.offset), received)
+        return SpeechEvent(utterance, started, seconds(e.offset), received)
     return None

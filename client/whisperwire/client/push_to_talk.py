@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from whisperwire.client.aio import AsyncAudioStream, AsyncClient
 from whisperwire.client.errors import ServiceError, StreamClosedError, WhisperwireClientError
 from whisperwire.client.options import StreamOptions
-from whisperwire.client.results import EndReason, Final, SessionInfo, Transcript
+from whisperwire.client.results import EndReason, FinalResult, SessionInfo, Transcript
 from whisperwire.client.vad_gate import VadGate
 
 log = logging.getLogger(__name__)
@@ -158,12 +158,12 @@ class PushToTalkSession:
     async def _read(self, stream: AsyncAudioStream) -> None:
         try:
             async for event in stream:
-                if isinstance(event, Final):
+                if isinstance(event, FinalResult):
                     self._events.put_nowait(self._result(event))
         except ServiceError as error:
             self._lose(stream, error)
 
-    def _result(self, final: Final) -> UtteranceResult:
+    def _result(self, final: FinalResult) -> UtteranceResult:
         if final.end_reason != EndReason.CLIENT_END:
             self._sent_since_end = False  # the server ended it (e.g. shutting down) itself
         answered = final.end_reason == EndReason.CLIENT_END and self._pending

@@ -64,7 +64,7 @@ class EndReason(Enum):
 
 
 @dataclass(frozen=True)
-class Partial:
+class PartialResult:
     """Interim text of the uncommitted audio; replaces the previous partial of its utterance."""
 
     utterance_id: int
@@ -77,7 +77,7 @@ class Partial:
 
 
 @dataclass(frozen=True)
-class SegmentCommitted:
+class SegmentResult:
     """A segment of the current utterance that will not change; segments only append."""
 
     utterance_id: int
@@ -86,7 +86,7 @@ class SegmentCommitted:
 
 
 @dataclass(frozen=True)
-class Final:
+class FinalResult:
     """The complete result of one utterance; replaces its partials and segments."""
 
     utterance_id: int
@@ -96,7 +96,7 @@ class Final:
 
 
 @dataclass(frozen=True)
-class SpeechActivity:
+class SpeechEvent:
     """The server's voice-activity detector saw speech start or stop."""
 
     utterance_id: int
@@ -105,7 +105,7 @@ class SpeechActivity:
     audio_received: float
 
 
-StreamEvent = Partial | SegmentCommitted | Final | SpeechActivity
+StreamEvent = PartialResult | SegmentResult | FinalResult | SpeechEvent
 
 
 @dataclass(frozen=True)

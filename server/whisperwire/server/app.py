@@ -27,10 +27,13 @@ from whisperwire.server.errors import ConfigurationError as ConfigurationError  
 from whisperwire.server.http.app import HttpServer, listen
 from whisperwire.server.http.routes import AudioApi
 from whisperwire.server.metrics import Metrics
+from whisperwire.server.outcomes import OutcomeInterceptor
 from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.scheduler import BatchScheduler
-from whisperwire.server.servicer import ServerState, TranscriptionServicer
+from whisperwire.server.servicer import TranscriptionServicer
+from whisperwire.server.state import ServerState
 from whisperwire.server.tokenizer import WhisperTokenizer
+from whisperwire.server.vad import Span
 from whisperwire.v1 import transcription_service_pb2 as pb
 from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc
 
@@ -40,36 +43,51 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TranscriptionService"].full_name
 
 def load_engine(settings: ServerSettings) -> tuple[Engine, WhisperTokenizer]:
     """The configured engine and the tokenizer that matches its vocabulary."""
-    if settings.engine == "trtllm":
+    if settings.engine.name == "trtllm":
         from whisperwire.server.engines.trtllm_loader import load_trtllm_engine
 
         return load_trtllm_engine(settings)
+    if settings.engine.name == "torch":
+        try:
+            from whisperwire.server.engines.torch import load_torch_engine
+        except ImportError as error:
+            raise ConfigurationError(
+                f"engine=torch needs PyTorch: pip install 'whisperwire[torch]' ({error})"
+            ) from error
+
+        return load_torch_engine(
+            settings.engine.model,
+            device=settings.engine.device,
+            dtype=settings.engine.compute_type,
+            max_batch_size=settings.batching.max_batch_size,
+            compile_encoder=settings.engine.torch_compile,
+        )
     from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
     from whisperwire.server.models import resolve_model
 
-    model_dir = resolve_model(settings.model)
+    model_dir = resolve_model(settings.engine.model)
     engine = CTranslate2Engine(
         model_dir,
-        model_name=Path(settings.model).name,
-        device=settings.device,
-        compute_type=settings.compute_type,
-        threads=settings.threads,
-        max_batch_size=settings.max_batch_size,
+        model_name=Path(settings.engine.model).name,
+        device=settings.engine.device,
+        compute_type=settings.engine.compute_type,
+        threads=settings.engine.threads,
+        max_batch_size=settings.batching.max_batch_size,
     )
     return engine, WhisperTokenizer.from_dir(model_dir)
 
 
 def check_exposure(settings: ServerSettings) -> None:
     """Refuse to serve beyond loopback without a token."""
-    if settings.token is not None:
+    if settings.network.token is not None:
         return
     try:
-        loopback = ipaddress.ip_address(settings.host).is_loopback
+        loopback = ipaddress.ip_address(settings.network.host).is_loopback
     except ValueError:
-        loopback = settings.host == "localhost"
+        loopback = settings.network.host == "localhost"
     if not loopback:
         raise ConfigurationError(
-            f"binding to {settings.host} needs --token (or WHISPERWIRE_TOKEN): "
+            f"binding to {settings.network.host} needs --token (or WHISPERWIRE_TOKEN): "
             "the server would be reachable by others"
         )
 
@@ -96,7 +114,8 @@ class RunningServer:
         t = np.arange(16000, dtype=np.float32) / 16000
         tone = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         language = None if self.pipeline.tokenizer.multilingual else "en"
-        await self.pipeline.transcribe(tone, DecodeOptions(language=language), use_vad=False)
+        options = DecodeOptions(language=language)
+        await self.pipeline.transcribe(tone, options, speech=[Span(0, len(tone))])
         self.state.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -134,23 +153,28 @@ async def start_server(
     # numpy's BLAS is affected: CTranslate2 threads through its own OpenMP runtime.
     threadpool_limits(limits=1, user_api="blas")
     metrics = Metrics()
+    metrics.describe_engine(engine.info)
     scheduler = BatchScheduler(
         engine,
-        max_batch_size=settings.max_batch_size,
-        max_wait=settings.batch_wait_ms / 1000,
-        max_queue=settings.max_queue,
+        max_batch_size=settings.batching.max_batch_size,
+        max_wait=settings.batching.batch_wait_ms / 1000,
+        max_queue=settings.batching.max_queue,
         metrics=metrics,
     )
     scheduler.start()
     pipeline = SpeechPipeline(
-        tokenizer, engine.info, scheduler, max_audio_seconds=settings.max_audio_seconds
+        tokenizer, engine.info, scheduler, max_audio_seconds=settings.limits.max_audio_seconds
     )
     state = ServerState(settings)
-    interceptors = (
-        [BearerTokenInterceptor(settings.token.get_secret_value())] if settings.token else []
+    # The token check runs first: a refused call never reaches the servicer or its counts.
+    interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
+        [BearerTokenInterceptor(settings.network.token.get_secret_value())]
+        if settings.network.token
+        else []
     )
+    interceptors.append(OutcomeInterceptor(metrics, SERVICE_NAME))
     server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
-    pb_grpc.add_TranscriptionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    pb_grpc.add_TranscriptionServiceServicer_to_server(
         TranscriptionServicer(pipeline, state, metrics), server
     )
     health_servicer = health_aio.HealthServicer()
@@ -160,8 +184,10 @@ async def start_server(
     )
     port = _listen(server, settings)
     http = _http_server(settings, pipeline, state, metrics)
-    if settings.metrics_port is not None:
-        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    if settings.network.metrics_port is not None:
+        start_http_server(
+            settings.network.metrics_port, addr=settings.network.host, registry=metrics.registry
+        )
     running = RunningServer(
         server, port, state, scheduler, health_servicer, metrics, pipeline, http
     )
@@ -182,20 +208,21 @@ def _http_server(
 ) -> HttpServer | None:
     """The OpenAI-compatible API over the same pipeline (so HTTP and gRPC work is batched
     together), the same token and limits; bound now, started with the gRPC server."""
-    if settings.http_port is None:
+    network = settings.network
+    if network.http_port is None:
         return None
     return HttpServer(
         AudioApi(pipeline, state, metrics),
-        listen(settings.host, settings.http_port),
-        token=settings.token.get_secret_value() if settings.token else None,
-        max_request_bytes=settings.max_request_bytes,
+        listen(network.host, network.http_port),
+        token=network.token.get_secret_value() if network.token else None,
+        max_request_bytes=settings.limits.max_request_bytes,
     )
 
 
 def _listen(server: grpc.aio.Server, settings: ServerSettings) -> int:
     """Bind the gRPC port (IPv6 literals in brackets); a failure is a startup error."""
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    address = f"{host}:{settings.port}"
+    host = f"[{settings.network.host}]" if ":" in settings.network.host else settings.network.host
+    address = f"{host}:{settings.network.port}"
     try:
         return server.add_insecure_port(address)
     except RuntimeError as error:  # grpcio's "Failed to bind to address ..."
@@ -204,8 +231,8 @@ def _listen(server: grpc.aio.Server, settings: ServerSettings) -> int:
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", settings.max_request_bytes),
-        ("grpc.max_send_message_length", settings.max_request_bytes),
+        ("grpc.max_receive_message_length", settings.limits.max_request_bytes),
+        ("grpc.max_send_message_length", settings.limits.max_request_bytes),
         # A second server on a taken port fails to start instead of sharing its connections.
         ("grpc.so_reuseport", 0),
         # Push-to-talk streams sit silent for minutes: let clients keep them alive.
@@ -225,7 +252,7 @@ async def serve(settings: ServerSettings) -> None:
     http = "" if running.http_port is None else f", OpenAI HTTP API on port {running.http_port}"
     print(
         f"whisperwire serving {engine.info.model} ({engine.info.name}, {engine.info.device}) "
-        f"on {settings.host}:{running.port}{http}",
+        f"on {settings.network.host}:{running.port}{http}",
         flush=True,
     )
     stop = asyncio.Event()
@@ -233,4 +260,4 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await running.drain_and_stop(settings.grace_seconds)
+    await running.drain_and_stop(settings.network.grace_seconds)

@@ -1,4 +1,5 @@
-"""`whisperwire serve`: flags override WHISPERWIRE_* variables, which override defaults."""
+"""`whisperwire serve`: one flag per setting (config.py), named and described by the setting;
+flags override WHISPERWIRE_* variables, which override defaults."""
 
 from __future__ import annotations
 
@@ -6,41 +7,13 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, get_args
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-from whisperwire.server.config import ServerSettings
-
-FLAGS: list[tuple[str, type, str]] = [
-    ("host", str, "address to bind (default 127.0.0.1; others need --token)"),
-    ("port", int, "gRPC port (default 50051; 0 = any free port)"),
-    (
-        "model",
-        str,
-        "model name (tiny.en, base, small, ...) or CTranslate2 model dir (default base)",
-    ),
-    ("engine", str, "ctranslate2 (default) or trtllm"),
-    ("engine-dir", str, "TensorRT-LLM engine dir from engine_builder (with --engine trtllm)"),
-    ("device", str, "cpu (default) or cuda"),
-    ("compute-type", str, "CTranslate2 compute type (default: int8 on CPU where faster)"),
-    ("threads", int, "engine threads (default: one per core)"),
-    ("metrics-port", int, "serve Prometheus /metrics on this HTTP port"),
-    ("http-port", int, "serve the OpenAI-compatible HTTP API on this port (default off)"),
-    ("token", str, "require 'authorization: Bearer TOKEN' on every call"),
-    ("max-batch-size", int, "most windows per engine call (default 8)"),
-    ("batch-wait-ms", float, "when idle, wait this long for a batch to fill (default 0)"),
-    ("max-queue", int, "queued windows before RESOURCE_EXHAUSTED (default 512)"),
-    ("max-streams", int, "concurrent StreamAudio calls (default 256)"),
-    ("max-streams-per-client", int, "concurrent streams from one client IP (default 64; 0 = off)"),
-    ("max-stream-seconds", float, "longest stream, wall clock (default 3600)"),
-    ("idle-timeout-seconds", float, "end streams silent this long (default 300)"),
-    ("max-chunk-bytes", int, "largest audio chunk (default 65536)"),
-    ("max-request-bytes", int, "largest unary request (default 32 MiB)"),
-    ("max-audio-seconds", float, "longest unary audio (default 10800)"),
-    ("grace-seconds", float, "on SIGTERM, time allowed for in-flight work (default 30)"),
-    ("log-format", str, "text (default) or json"),
-]
+from whisperwire.server.config import SETTINGS, ServerSettings
 
 
 def add_serve_parser(subparsers: Any) -> None:
@@ -50,9 +23,38 @@ def add_serve_parser(subparsers: Any) -> None:
         description="Run the whisperwire gRPC server. Every flag can also be set as "
         "WHISPERWIRE_<FLAG> (e.g. WHISPERWIRE_MODEL=tiny.en).",
     )
-    for name, kind, text in FLAGS:
-        parser.add_argument(f"--{name}", type=kind, default=None, help=text)
+    groups: dict[str | None, Any] = {}
+    for setting in SETTINGS:
+        if setting.group not in groups:
+            groups[setting.group] = parser.add_argument_group(setting.group or "other")
+        groups[setting.group].add_argument(
+            f"--{setting.name.replace('_', '-')}",
+            dest=setting.name,
+            type=_flag_type(setting.info),
+            default=None,  # unset flags leave variables and defaults alone
+            help=_flag_help(setting.info),
+        )
     parser.set_defaults(handler=run_serve)
+
+
+def _flag_type(info: FieldInfo) -> Callable[[str], Any]:
+    """int or float for numbers (argparse names a bad value); pydantic checks the rest."""
+    numbers = [
+        kind for kind in get_args(info.annotation) or (info.annotation,) if kind in (int, float)
+    ]
+    return numbers[0] if numbers else str
+
+
+def _flag_help(info: FieldInfo) -> str:
+    default = "unset" if info.default is None else info.default
+    text = " ".join((info.description or "").split())
+    return f"{text} (default: {default})".replace("%", "%%")
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """The flags given, over WHISPERWIRE_* variables, over defaults."""
+    given = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name) is not None}
+    return ServerSettings(**given)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -60,13 +62,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from whisperwire.server.errors import ConfigurationError, ModelNotFoundError
     from whisperwire.server.logs import configure_logging
 
-    given = {
-        name.replace("-", "_"): getattr(args, name.replace("-", "_"))
-        for name, _, _ in FLAGS
-        if getattr(args, name.replace("-", "_")) is not None
-    }
     try:
-        settings = ServerSettings(**given)
+        settings = settings_from(args)
     except ValidationError as error:
         print(f"whisperwire serve: invalid settings:\n{error}", file=sys.stderr)
         return 2

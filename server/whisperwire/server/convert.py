@@ -1,4 +1,5 @@
-"""Proto ↔ domain conversion; the only module besides the servicer that knows the proto."""
+"""Proto ↔ domain conversion; with the servicer and the stream call, the only modules that know
+the proto."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from google.protobuf.duration_pb2 import Duration
 from whisperwire.server.audio import PcmEncoding
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.domain import DecodeOptions, Segment, Task, Timings, Transcript
+from whisperwire.server.engine import EngineInfo
 from whisperwire.server.errors import InvalidOptionError, UnsupportedEncodingError
 from whisperwire.server.session import (
     EndReason,
     Envelope,
-    Final,
-    Partial,
-    SegmentDone,
+    FinalResult,
+    PartialResult,
+    SegmentResult,
     SpeechEvent,
     StreamConfig,
 )
@@ -32,6 +34,19 @@ END_REASONS = {
     EndReason.MAX_DURATION: pb.END_REASON_MAX_DURATION,
     EndReason.SERVER_SHUTDOWN: pb.END_REASON_SERVER_SHUTDOWN,
 }
+
+
+def service_limits(s: ServerSettings, info: EngineInfo) -> pb.ServiceLimits:
+    return pb.ServiceLimits(
+        max_concurrent_streams=s.limits.max_streams,
+        max_streams_per_client=s.limits.max_streams_per_client,
+        max_stream_duration=duration(s.limits.max_stream_seconds),
+        idle_timeout=duration(s.limits.idle_timeout_seconds),
+        max_chunk_bytes=s.limits.max_chunk_bytes,
+        max_request_bytes=s.limits.max_request_bytes,
+        max_audio_duration=duration(s.limits.max_audio_seconds),
+        max_batch_size=info.max_batch_size,
+    )
 
 
 def duration(seconds: float) -> Duration:
@@ -53,15 +68,11 @@ def decode_options(config: pb.RecognitionConfig, settings: ServerSettings) -> De
         task=Task.TRANSLATE if config.task == pb.TASK_TRANSLATE else Task.TRANSCRIBE,
         initial_prompt=config.initial_prompt or None,
         timestamps=config.enable_segment_timestamps,
-        beam_size=config.beam_size or settings.default_beam_size,
+        word_timestamps=config.enable_word_timestamps,
+        beam_size=config.beam_size or settings.defaults.default_beam_size,
     )
-    if config.HasField("temperature"):
-        t = config.temperature
-        if not 0.0 <= t <= 1.0:  # also rejects NaN
-            raise InvalidOptionError(
-                f"temperature must be within 0..1, got {t}", field="temperature"
-            )
-        options = replace(options, temperatures=(t,))
+    if config.HasField("temperature"):  # checked with every other option by the pipeline
+        options = replace(options, temperatures=(config.temperature,))
     return options
 
 
@@ -80,7 +91,7 @@ def stream_config(config: pb.StreamAudioConfig, settings: ServerSettings) -> Str
     interval = (
         seconds(config.partial_interval)
         if config.HasField("partial_interval")
-        else settings.default_partial_interval
+        else settings.defaults.default_partial_interval
     )
     if interval < 0.1 and config.interim_results:
         raise InvalidOptionError(
@@ -162,14 +173,14 @@ def stream_response(
         audio_received_offset=duration(envelope.audio_received),
     )
     event = envelope.event
-    if isinstance(event, Final):
+    if isinstance(event, FinalResult):
         out.final_result.transcript.CopyFrom(transcript(event.transcript))
         out.final_result.end_reason = END_REASONS[event.reason]
         if include_timings:
             out.final_result.timings.CopyFrom(timings(event.transcript.timings))
-    elif isinstance(event, SegmentDone):
+    elif isinstance(event, SegmentResult):
         out.segment_result.segment.CopyFrom(segment(event.segment, event.index))
-    elif isinstance(event, Partial):
+    elif isinstance(event, PartialResult):
         out.partial_result.CopyFrom(
             pb.PartialResult(
                 text=event.text,

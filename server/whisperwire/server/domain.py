@@ -19,6 +19,7 @@ class DecodeOptions:
     task: Task = Task.TRANSCRIBE
     initial_prompt: str | None = None
     timestamps: bool = False
+    word_timestamps: bool = False
     beam_size: int = 1
     # Whisper's temperature fallback ladder; the first entry is tried first.
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -41,9 +42,21 @@ class Segment:
     temperature: float | None = None  # of the decode that produced it (fallback may raise it)
 
 
-@dataclass
+@dataclass(frozen=True)
+class EngineTime:
+    """Seconds a request's engine work waited in the queue and ran in the engine."""
+
+    queue: float = 0.0
+    engine: float = 0.0
+
+    def __add__(self, other: EngineTime) -> EngineTime:
+        return EngineTime(self.queue + other.queue, self.engine + other.engine)
+
+
+@dataclass(frozen=True)
 class Timings:
-    """Seconds spent in each stage; `queue` and `engine` are summed over engine calls."""
+    """Seconds spent in each stage, each filled in by the stage that measured it; `queue` and
+    `engine` are summed over engine calls."""
 
     decode: float = 0.0
     features: float = 0.0
@@ -52,7 +65,7 @@ class Timings:
     total: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Transcript:
     text: str
     segments: list[Segment]

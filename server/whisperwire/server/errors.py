@@ -1,4 +1,5 @@
-"""Typed errors of the speech pipeline and service; the servicer maps each to a gRPC status."""
+"""Typed errors of the speech pipeline and service; the outcome interceptor (outcomes.py) maps
+each to a gRPC status."""
 
 from __future__ import annotations
 

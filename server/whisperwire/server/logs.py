@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
+
+# The request id of the call being served (each gRPC call runs in its own task and context).
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 

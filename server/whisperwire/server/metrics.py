@@ -6,7 +6,10 @@ so one dashboard shows them side by side. `code` is the gRPC status name or the 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from whisperwire.server.domain import Transcript
+from whisperwire.server.engine import EngineInfo
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -60,15 +63,21 @@ class Metrics:
         self.active_streams = Gauge(
             "whisperwire_active_streams", "Open StreamAudio calls", registry=r
         )
+        self.engine = Info("whisperwire_engine", "The loaded engine and model", registry=r)
+
+    def describe_engine(self, info: EngineInfo) -> None:
+        device, _, dtype = info.device.partition("/")
+        labels = {"engine": info.name, "model": info.model, "device": device}
+        self.engine.info(labels | {"dtype": dtype or "default"})
 
     def observe_transcript(
-        self, protocol: str, method: str, elapsed: float, audio_seconds: float
+        self, protocol: str, method: str, elapsed: float, transcript: Transcript
     ) -> None:
-        """One finished transcription: its latency, audio and real-time factor."""
+        """A transcript delivered `elapsed` seconds after its request arrived."""
         self.request_seconds.labels(protocol, method).observe(elapsed)
-        self.audio_seconds.labels(protocol, method).inc(audio_seconds)
-        if audio_seconds > 0:
-            self.real_time_factor.labels(protocol, method).observe(elapsed / audio_seconds)
+        self.audio_seconds.labels(protocol, method).inc(transcript.duration)
+        if transcript.duration > 0:
+            self.real_time_factor.labels(protocol, method).observe(elapsed / transcript.duration)
 
     def count_call(self, protocol: str, method: str, code: str) -> None:
         self.requests.labels(protocol, method, code).inc()

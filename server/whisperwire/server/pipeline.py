@@ -9,14 +9,23 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
 from whisperwire.server import audio as audio_io
 from whisperwire.server import vad
-from whisperwire.server.domain import DecodeOptions, Segment, Task, Timings, Transcript
+from whisperwire.server.domain import (
+    DecodeOptions,
+    EngineTime,
+    Segment,
+    Task,
+    Timings,
+    Transcript,
+)
 from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
 from whisperwire.server.errors import AudioTooLongError, InvalidOptionError
 from whisperwire.server.features import window_features
@@ -67,39 +76,54 @@ class SpeechPipeline:
 
     # ---- validation -------------------------------------------------------------------
     def validate(self, options: DecodeOptions) -> DecodeOptions:
-        """Reject what the model or engine cannot do; normalise the language code."""
-        if options.language is not None:
-            self.tokenizer.language_token(options.language)  # raises on unknown codes
+        """Reject what the model or engine cannot do; normalise the language code. Callers
+        validate a request's options once, before any transcribe call."""
+        if options.language is not None:  # raises on unknown languages
+            options = replace(options, language=self.tokenizer.normalize_language(options.language))
         if options.task is Task.TRANSLATE and not self.tokenizer.multilingual:
             raise InvalidOptionError("translate needs a multilingual model", field="task")
         if not 1 <= options.beam_size <= MAX_BEAM_SIZE:
             raise InvalidOptionError(
                 f"beam_size must be 1..{MAX_BEAM_SIZE}, got {options.beam_size}", field="beam_size"
             )
-        if any(not 0.0 <= t <= 1.0 for t in options.temperatures) or not options.temperatures:
-            raise InvalidOptionError("temperature must be within 0..1", field="temperature")
+        outside = [t for t in options.temperatures if not 0.0 <= t <= 1.0]  # NaN too
+        if outside or not options.temperatures:
+            raise InvalidOptionError(
+                f"temperature must be within 0..1, got {outside[0] if outside else 'none'}",
+                field="temperature",
+            )
         if options.timestamps and not self.engine.supports_timestamps:
             raise InvalidOptionError(
                 f"the {self.engine.name} engine cannot produce segment timestamps; "
                 "segment offsets then come from the server's voice-activity windows",
                 field="enable_segment_timestamps",
             )
+        if options.word_timestamps and not self.engine.supports_word_timestamps:
+            raise InvalidOptionError(
+                f"the {self.engine.name} engine does not produce word timestamps",
+                field="enable_word_timestamps",
+            )
         return options
 
-    # ---- entry points -----------------------------------------------------------------
+    # ---- entry points: validated options ----------------------------------------------
     async def transcribe_bytes(
         self, data: bytes, options: DecodeOptions, *, priority: Priority = Priority.FINAL
     ) -> Transcript:
-        started = time.perf_counter()
-        options = self.validate(options)
-        samples = await asyncio.to_thread(
-            audio_io.decode_audio, data, max_seconds=self.max_audio_seconds
-        )
-        decoded_at = time.perf_counter()
-        transcript = await self.transcribe(samples, options, priority=priority)
-        transcript.timings.decode = decoded_at - started
-        transcript.timings.total = time.perf_counter() - started
-        return transcript
+        """Transcribe an audio file held in memory (any container PyAV reads)."""
+        decode = partial(audio_io.decode_audio, data, max_seconds=self.max_audio_seconds)
+        return await self._decode_and_transcribe(decode, options, priority)
+
+    async def transcribe_pcm(
+        self,
+        data: bytes,
+        layout: tuple[audio_io.PcmEncoding, int, int],
+        options: DecodeOptions,
+        *,
+        priority: Priority = Priority.FINAL,
+    ) -> Transcript:
+        """Transcribe raw interleaved PCM of (encoding, sample rate, channels)."""
+        decode = partial(audio_io.decode_pcm, data, *layout)
+        return await self._decode_and_transcribe(decode, options, priority)
 
     async def transcribe(
         self,
@@ -108,23 +132,29 @@ class SpeechPipeline:
         *,
         priority: Priority = Priority.FINAL,
         offset: float = 0.0,
-        use_vad: bool = True,
+        speech: list[vad.Span] | None = None,
     ) -> Transcript:
-        """Transcribe 16 kHz mono audio; segment times are offset by `offset` seconds."""
+        """Transcribe 16 kHz mono audio; segment times are offset by `offset` seconds.
+
+        `speech` holds the speech spans of `samples` when a voice-activity detector already
+        ran over them (a stream's); None runs the detector here.
+        """
         started = time.perf_counter()
-        options = self.validate(options)
         duration = len(samples) / audio_io.SAMPLE_RATE
         if duration > self.max_audio_seconds:
             raise AudioTooLongError(
                 f"audio is {duration:.1f} s, the limit is {self.max_audio_seconds:.0f} s"
             )
-        timings = Timings()
-        windows = await asyncio.to_thread(self._windows, samples, offset, use_vad)
-        timings.features = time.perf_counter() - started
+        windows = await asyncio.to_thread(self._windows, samples, offset, speech)
+        features = time.perf_counter() - started
         if not windows:
-            return Transcript("", [], options.language, None, duration, timings)
-        language, probability = await self._language(windows, options, priority, timings)
-        decoded = await self._decode_with_fallback(windows, language, options, priority, timings)
+            return Transcript(
+                "", [], options.language, None, duration, Timings(features=features, total=features)
+            )
+        (language, probability), detect_time = await self._language(windows, options, priority)
+        decoded, decode_time = await self._decode_with_fallback(
+            windows, language, options, priority
+        )
         segments = [
             s
             for d in decoded
@@ -132,17 +162,35 @@ class SpeechPipeline:
             for s in self._segments(d, options.timestamps)
         ]
         text = " ".join(s.text for s in segments if s.text)
-        timings.total = time.perf_counter() - started
+        spent = detect_time + decode_time
+        timings = Timings(
+            features=features,
+            queue=spent.queue,
+            engine=spent.engine,
+            total=time.perf_counter() - started,
+        )
         return Transcript(text, segments, language, probability, duration, timings)
 
+    async def _decode_and_transcribe(
+        self, decode: Callable[[], Audio], options: DecodeOptions, priority: Priority
+    ) -> Transcript:
+        started = time.perf_counter()
+        samples = await asyncio.to_thread(decode)
+        decoded = time.perf_counter() - started
+        transcript = await self.transcribe(samples, options, priority=priority)
+        timings = replace(transcript.timings, decode=decoded, total=time.perf_counter() - started)
+        return replace(transcript, timings=timings)
+
     # ---- stages -----------------------------------------------------------------------
-    def _windows(self, samples: Audio, offset: float, use_vad: bool) -> list[Window]:
+    def _windows(
+        self, samples: Audio, offset: float, speech: list[vad.Span] | None
+    ) -> list[Window]:
         spans = (
             vad.speech_spans(samples, aggressiveness=self.vad_aggressiveness)
-            if use_vad
-            else [vad.Span(0, len(samples))]
+            if speech is None
+            else speech
         )
-        if use_vad and len(samples) <= vad.WINDOW_SECONDS * vad.SAMPLE_RATE and spans:
+        if len(samples) <= vad.WINDOW_SECONDS * vad.SAMPLE_RATE and spans:
             # A short clip with any speech is decoded whole: trimming buys nothing.
             spans = [vad.Span(0, len(samples))]
         return [
@@ -156,23 +204,18 @@ class SpeechPipeline:
         ]
 
     async def _language(
-        self,
-        windows: list[Window],
-        options: DecodeOptions,
-        priority: Priority,
-        timings: Timings,
-    ) -> tuple[str | None, float | None]:
+        self, windows: list[Window], options: DecodeOptions, priority: Priority
+    ) -> tuple[tuple[str | None, float | None], EngineTime]:
         if options.language is not None:
-            code = self.tokenizer.language_code(self.tokenizer.language_token(options.language))
-            return code, None
+            return (options.language, None), EngineTime()
         if not self.tokenizer.multilingual:
-            return "en", None
+            return ("en", None), EngineTime()
         # Like Whisper, the first window decides the language of the whole input.
-        [ranked] = await self.runner.detect_language(
-            [windows[0].features], priority=priority, timings=timings
+        [ranked], spent = await self.runner.detect_language(
+            [windows[0].features], priority=priority
         )
         code, probability = ranked[0]
-        return code, probability
+        return (code, probability), spent
 
     async def _decode_with_fallback(
         self,
@@ -180,20 +223,20 @@ class SpeechPipeline:
         language: str | None,
         options: DecodeOptions,
         priority: Priority,
-        timings: Timings,
-    ) -> list[Decoded]:
+    ) -> tuple[list[Decoded], EngineTime]:
         prompt = self._prompt(language, options)
         results: dict[int, Decoded] = {}
         pending = list(range(len(windows)))
+        spent = EngineTime()
         for attempt, temperature in enumerate(options.temperatures):
             params = self._params(options, temperature)
-            generations = await self.runner.generate(
+            generations, attempt_time = await self.runner.generate(
                 [windows[i].features for i in pending],
                 [prompt] * len(pending),
                 params,
                 priority=priority,
-                timings=timings,
             )
+            spent += attempt_time
             last = attempt == len(options.temperatures) - 1
             retry: list[int] = []
             for i, generation in zip(pending, generations, strict=True):
@@ -203,7 +246,7 @@ class SpeechPipeline:
             pending = retry
             if not pending:
                 break
-        return [results[i] for i in range(len(windows))]
+        return [results[i] for i in range(len(windows))], spent
 
     def _prompt(self, language: str | None, options: DecodeOptions) -> list[int]:
         previous = self.tokenizer.encode(options.initial_prompt) if options.initial_prompt else []

@@ -1,4 +1,5 @@
-"""How the pipeline reaches an engine: directly, or through the batching scheduler."""
+"""How the pipeline reaches an engine: directly, or through the batching scheduler. Both
+return, with each result, the queue and engine time they measured for it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from enum import IntEnum
 from functools import partial
 from typing import Protocol, TypeVar
 
-from whisperwire.server.domain import Timings
+from whisperwire.server.domain import EngineTime
 from whisperwire.server.engine import Engine, Features, Generation, GenerationParams
 
 T = TypeVar("T")
@@ -30,12 +31,11 @@ class Runner(Protocol):
         params: GenerationParams,
         *,
         priority: Priority,
-        timings: Timings,
-    ) -> list[Generation]: ...
+    ) -> tuple[list[Generation], EngineTime]: ...
 
     async def detect_language(
-        self, features: Sequence[Features], *, priority: Priority, timings: Timings
-    ) -> list[list[tuple[str, float]]]: ...
+        self, features: Sequence[Features], *, priority: Priority
+    ) -> tuple[list[list[tuple[str, float]]], EngineTime]: ...
 
 
 class DirectRunner:
@@ -52,27 +52,27 @@ class DirectRunner:
         params: GenerationParams,
         *,
         priority: Priority = Priority.FINAL,
-        timings: Timings,
-    ) -> list[Generation]:
+    ) -> tuple[list[Generation], EngineTime]:
         size = self._engine.info.max_batch_size
         out: list[Generation] = []
+        spent = EngineTime()
         for i in range(0, len(features), size):
             batch = partial(
                 self._engine.generate, features[i : i + size], prompts[i : i + size], params
             )
-            out += await self._run(timings, batch)
-        return out
+            generations, batch_time = await self._run(batch)
+            out += generations
+            spent += batch_time
+        return out, spent
 
     async def detect_language(
-        self, features: Sequence[Features], *, priority: Priority = Priority.FINAL, timings: Timings
-    ) -> list[list[tuple[str, float]]]:
-        return await self._run(timings, partial(self._engine.detect_language, features))
+        self, features: Sequence[Features], *, priority: Priority = Priority.FINAL
+    ) -> tuple[list[list[tuple[str, float]]], EngineTime]:
+        return await self._run(partial(self._engine.detect_language, features))
 
-    async def _run(self, timings: Timings, call: Callable[[], T]) -> T:
+    async def _run(self, call: Callable[[], T]) -> tuple[T, EngineTime]:
         queued = time.perf_counter()
         async with self._lock:
             started = time.perf_counter()
             result = await asyncio.to_thread(call)
-        timings.queue += started - queued
-        timings.engine += time.perf_counter() - started
-        return result
+        return result, EngineTime(started - queued, time.perf_counter() - started)

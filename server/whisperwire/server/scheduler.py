@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from whisperwire.server.domain import Timings
+from whisperwire.server.domain import EngineTime
 from whisperwire.server.engine import Engine, Features, Generation, GenerationParams
 from whisperwire.server.errors import BusyError, EngineError
 from whisperwire.server.metrics import Metrics
@@ -96,27 +96,25 @@ class BatchScheduler:
         params: GenerationParams,
         *,
         priority: Priority,
-        timings: Timings,
-    ) -> list[Generation]:
+    ) -> tuple[list[Generation], EngineTime]:
         items: list[tuple[Features, Sequence[int] | None]] = list(
             zip(features, prompts, strict=True)
         )
-        outcomes = await self._submit(params, items, priority, timings)
-        return [o.value for o in outcomes]
+        outcomes, spent = await self._submit(params, items, priority)
+        return [o.value for o in outcomes], spent
 
     async def detect_language(
-        self, features: Sequence[Features], *, priority: Priority, timings: Timings
-    ) -> list[list[tuple[str, float]]]:
-        outcomes = await self._submit(DETECT, [(f, None) for f in features], priority, timings)
-        return [o.value for o in outcomes]
+        self, features: Sequence[Features], *, priority: Priority
+    ) -> tuple[list[list[tuple[str, float]]], EngineTime]:
+        outcomes, spent = await self._submit(DETECT, [(f, None) for f in features], priority)
+        return [o.value for o in outcomes], spent
 
     async def _submit(
         self,
         key: Hashable,
         items: list[tuple[Features, Sequence[int] | None]],
         priority: Priority,
-        timings: Timings,
-    ) -> list[_Outcome]:
+    ) -> tuple[list[_Outcome], EngineTime]:
         if len(self._pending) + len(items) > self.max_queue:
             raise BusyError(
                 f"engine queue is full ({len(self._pending)} items waiting)",
@@ -137,9 +135,9 @@ class BatchScheduler:
             for w in works:
                 w.future.cancel()  # dropped by the loop before it reaches the engine
             raise
-        timings.queue += min(o.started for o in outcomes) - now
-        timings.engine += max(o.finished for o in outcomes) - min(o.started for o in outcomes)
-        return list(outcomes)
+        first_start = min(o.started for o in outcomes)
+        spent = EngineTime(first_start - now, max(o.finished for o in outcomes) - first_start)
+        return list(outcomes), spent
 
     def _retry_after(self) -> float:
         batches_ahead = len(self._pending) / max(1, self.max_batch_size)

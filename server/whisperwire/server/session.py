@@ -1,5 +1,9 @@
 """One StreamAudio call's state machine: utterances, server VAD segments, partials, finals.
 
+Each pushed chunk is converted to 16 kHz float once and voice-activity-checked once; the
+utterance's per-frame speech decisions then give the pipeline the speech spans of whatever
+slice it decodes, so the pipeline never runs the detector over stream audio again.
+
 Results leave in the order their work was scheduled (an outbox of tasks), so a segment never
 overtakes the final of its utterance and utterance N's final precedes utterance N+1's results.
 """
@@ -20,7 +24,7 @@ from whisperwire.server.domain import DecodeOptions, Segment, Transcript
 from whisperwire.server.errors import AudioTooLongError
 from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.runner import Priority
-from whisperwire.server.vad import FRAME_MS, StreamingVad
+from whisperwire.server.vad import FRAME_MS, FRAME_SAMPLES, Span, StreamingVad, spans_of_speech
 
 Audio = npt.NDArray[np.float32]
 MIN_PARTIAL_AUDIO = 0.3  # seconds of new audio before a partial is worth an engine call
@@ -53,7 +57,7 @@ class SpeechEvent:
 
 
 @dataclass(frozen=True)
-class Partial:
+class PartialResult:
     text: str
     stable_chars: int
     stability: float
@@ -62,18 +66,18 @@ class Partial:
 
 
 @dataclass(frozen=True)
-class SegmentDone:
+class SegmentResult:
     segment: Segment
     index: int  # position within the utterance
 
 
 @dataclass(frozen=True)
-class Final:
+class FinalResult:
     transcript: Transcript
     reason: EndReason
 
 
-Event = SpeechEvent | Partial | SegmentDone | Final
+Event = SpeechEvent | PartialResult | SegmentResult | FinalResult
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,10 @@ class Envelope:
 class _Utterance:
     id: int
     origin: int  # stream samples received before this utterance began
+    vad: StreamingVad
     chunks: list[Audio] = field(default_factory=list)
     samples: int = 0
+    speech: list[bool] = field(default_factory=list)  # one decision per 30 ms frame
     committed: int = 0  # samples already covered by emitted segments
     segments: list[Segment] = field(default_factory=list)
     last_segment: asyncio.Task[list[Envelope]] | None = None  # commits happen in order
@@ -110,6 +116,11 @@ class _Utterance:
         self.chunks = [joined]  # joined once; later pushes append after it
         return joined[start:end]
 
+    def speech_spans(self, start: int, end: int) -> list[Span]:
+        """Speech within [start, end), relative to start (a frame boundary)."""
+        first = start // FRAME_SAMPLES
+        return spans_of_speech(self.speech[first : end // FRAME_SAMPLES], end - start)
+
 
 class StreamSession:
     def __init__(
@@ -119,10 +130,11 @@ class StreamSession:
         *,
         max_utterance_seconds: float = 600.0,
     ) -> None:
+        """`config.options` are validated (pipeline.validate)."""
         self.pipeline = pipeline
-        self.config = replace(config, options=pipeline.validate(config.options))
+        self.config = config
         self._decoder = PcmDecoder(config.encoding, config.sample_rate, config.channels)
-        self._vad = StreamingVad() if config.segment_silence or config.speech_events else None
+        self._tracks_speech = bool(config.segment_silence or config.speech_events)
         self._max_samples = int(max_utterance_seconds * SAMPLE_RATE)
         self._outbox: asyncio.Queue[asyncio.Task[list[Envelope]] | None] = asyncio.Queue()
         self._received = 0  # samples on the whole stream
@@ -153,8 +165,10 @@ class StreamSession:
         utterance.chunks.append(samples)
         utterance.samples += len(samples)
         self._received += len(samples)
-        if self._vad is not None:
-            self._track_speech(utterance, self._vad.push(samples))
+        flags = utterance.vad.push(samples)
+        utterance.speech.extend(flags)
+        if self._tracks_speech:
+            self._track_speech(utterance, flags)
         if self.config.interim_results:
             self._maybe_partial(utterance)
 
@@ -206,7 +220,8 @@ class StreamSession:
 
     # ---- internals ------------------------------------------------------------------------
     def _start_utterance(self) -> _Utterance:
-        self._open = _Utterance(self._next_id, origin=self._received)
+        vad = StreamingVad(self.pipeline.vad_aggressiveness)
+        self._open = _Utterance(self._next_id, origin=self._received, vad=vad)
         self._next_id += 1
         return self._open
 
@@ -224,9 +239,12 @@ class StreamSession:
         options = self.config.options
         if utterance.language is not None:
             options = replace(options, language=utterance.language)  # one language per utterance
-        audio = utterance.audio(start, end)
         transcript = await self.pipeline.transcribe(
-            audio, options, priority=priority, offset=(utterance.origin + start) / SAMPLE_RATE
+            utterance.audio(start, end),
+            options,
+            priority=priority,
+            offset=(utterance.origin + start) / SAMPLE_RATE,
+            speech=utterance.speech_spans(start, end),
         )
         if utterance.language is None and transcript.segments:
             utterance.language = transcript.language
@@ -244,10 +262,10 @@ class StreamSession:
             language=utterance.language or tail.language,
             language_probability=utterance.language_probability or tail.language_probability,
             duration=utterance.samples / SAMPLE_RATE,
-            timings=tail.timings,
+            # From release to final, including segments still being decoded.
+            timings=replace(tail.timings, total=time.perf_counter() - started),
         )
-        transcript.timings.total = time.perf_counter() - started
-        return [self._envelope(utterance, Final(transcript, reason))]
+        return [self._envelope(utterance, FinalResult(transcript, reason))]
 
     async def _segment(
         self,
@@ -261,16 +279,17 @@ class StreamSession:
         first = len(utterance.segments)
         utterance.segments.extend(transcript.segments)
         return [
-            self._envelope(utterance, SegmentDone(s, first + i))
+            self._envelope(utterance, SegmentResult(s, first + i))
             for i, s in enumerate(transcript.segments)
         ]
 
     def _track_speech(self, utterance: _Utterance, flags: list[bool]) -> None:
         silence_frames = int((self.config.segment_silence or 0.3) * 1000 / FRAME_MS)
+        first = len(utterance.speech) - len(flags)  # frame number of flags[0]
         for index, is_speech in enumerate(flags):
             utterance.speech_run = utterance.speech_run + 1 if is_speech else 0
             utterance.silence_run = 0 if is_speech else utterance.silence_run + 1
-            frame_end = utterance.samples - (len(flags) - index - 1) * FRAME_MS * 16
+            frame_end = (first + index + 1) * FRAME_SAMPLES
             if not utterance.in_speech and utterance.speech_run >= SPEECH_START_FRAMES:
                 utterance.in_speech = utterance.speech_since_commit = True
                 self._speech_event(utterance, started=True, at=frame_end)
@@ -313,7 +332,7 @@ class StreamSession:
         stable_chars = len(" ".join(words[:stable]))
         stability = stable / len(words) if words else 1.0
         origin = utterance.origin
-        partial = Partial(
+        partial = PartialResult(
             transcript.text,
             stable_chars,
             stability,

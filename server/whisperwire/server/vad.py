@@ -6,6 +6,7 @@ a pause exists, so every window is decoded independently and offsets stay absolu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,18 +55,35 @@ def speech_spans(
 ) -> list[Span]:
     """Speech regions: gaps shorter than min_silence are bridged, blips shorter than
     min_speech dropped, and each region padded so word edges survive."""
-    flags = speech_flags(audio, aggressiveness)
+    return spans_of_speech(
+        speech_flags(audio, aggressiveness),
+        len(audio),
+        min_speech_ms=min_speech_ms,
+        min_silence_ms=min_silence_ms,
+        pad_ms=pad_ms,
+    )
+
+
+def spans_of_speech(
+    flags: Sequence[bool],
+    length: int,
+    *,
+    min_speech_ms: int = 150,
+    min_silence_ms: int = 300,
+    pad_ms: int = 200,
+) -> list[Span]:
+    """speech_spans from per-frame decisions already made (a stream's detector): `flags[i]`
+    covers frame i of audio `length` samples long."""
     runs = _runs_of_speech(flags)
     runs = _bridge_short_gaps(runs, min_silence_ms // FRAME_MS)
     runs = [(a, b) for a, b in runs if (b - a) * FRAME_MS >= min_speech_ms]
     pad = pad_ms * SAMPLE_RATE // 1000
     return [
-        Span(max(0, a * FRAME_SAMPLES - pad), min(len(audio), b * FRAME_SAMPLES + pad))
-        for a, b in runs
+        Span(max(0, a * FRAME_SAMPLES - pad), min(length, b * FRAME_SAMPLES + pad)) for a, b in runs
     ]
 
 
-def _runs_of_speech(flags: list[bool]) -> list[tuple[int, int]]:
+def _runs_of_speech(flags: Sequence[bool]) -> list[tuple[int, int]]:
     runs: list[tuple[int, int]] = []
     start: int | None = None
     for i, is_speech in enumerate([*flags, False]):

@@ -13,7 +13,7 @@ from whisperwire.client.aio import AsyncAudioStream
 from whisperwire.client.audio_file import BYTES_PER_SECOND, read_pcm16k
 from whisperwire.client.commands import common
 from whisperwire.client.options import StreamOptions
-from whisperwire.client.results import Final, Partial, SegmentCommitted, StreamEvent
+from whisperwire.client.results import FinalResult, PartialResult, SegmentResult, StreamEvent
 
 
 def add_parser(subparsers: Any) -> None:
@@ -102,7 +102,7 @@ async def _show(
     stream: AsyncAudioStream, args: argparse.Namespace, released: asyncio.Future[float]
 ) -> None:
     async for event in stream:
-        if isinstance(event, Final):
+        if isinstance(event, FinalResult):
             latency = time.monotonic() - released.result() if released.done() else None
             _print_final(event, latency, args)
         elif args.format == "text":
@@ -110,14 +110,14 @@ async def _show(
 
 
 def _print_interim(event: StreamEvent) -> None:
-    if isinstance(event, Partial):
+    if isinstance(event, PartialResult):
         common.emit(f"partial [{event.start:6.2f} → {event.end:6.2f}] {event.text.strip()}")
-    elif isinstance(event, SegmentCommitted):
+    elif isinstance(event, SegmentResult):
         s = event.segment
         common.emit(f"segment [{s.start:6.2f} → {s.end:6.2f}] {s.text.strip()}")
 
 
-def _print_final(event: Final, latency: float | None, args: argparse.Namespace) -> None:
+def _print_final(event: FinalResult, latency: float | None, args: argparse.Namespace) -> None:
     transcript = event.transcript
     latency_ms = round(latency * 1000) if latency is not None else None
     if args.format == "json":

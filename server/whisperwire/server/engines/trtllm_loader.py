@@ -9,13 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engine_builder import (
-    EngineDirError,
-    Manifest,
-    check_engine_dir,
-    installed_trtllm_version,
-    load_manifest,
-)
+from engine_builder.errors import EngineDirError
+from engine_builder.manifest import Manifest, check_engine_dir, load_manifest
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engines.trtllm import EngineConfig, TrtLlmEngine
 from whisperwire.server.errors import ConfigurationError, ModelNotFoundError
@@ -29,26 +24,26 @@ CROSS_KV_CACHE_FRACTION = 0.5
 
 
 def load_trtllm_engine(settings: ServerSettings) -> tuple[TrtLlmEngine, WhisperTokenizer]:
-    """The engine in `settings.engine_dir`, checked against this TensorRT-LLM and GPU."""
-    if settings.engine_dir is None:
+    """The engine in `settings.engine.engine_dir`, checked against this TensorRT-LLM and GPU."""
+    if settings.engine.engine_dir is None:
         raise ConfigurationError(
             "engine=trtllm needs --engine-dir (WHISPERWIRE_ENGINE_DIR): a directory written by "
             "`python -m engine_builder`"
         )
-    engine_dir = settings.engine_dir
+    engine_dir = settings.engine.engine_dir
     runner_class, trtllm_version = _import_trtllm()
     manifest = _checked_manifest(engine_dir, trtllm_version)
     config = EngineConfig.read(engine_dir)
     tokenizer = WhisperTokenizer.from_dir(
         engine_dir / "assets", multilingual=config.multilingual, num_languages=config.num_languages
     )
-    max_batch_size = min(settings.max_batch_size, config.max_batch_size)
+    max_batch_size = min(settings.batching.max_batch_size, config.max_batch_size)
     runner = runner_class.from_dir(
         str(engine_dir),
         is_enc_dec=True,
         max_batch_size=max_batch_size,
         max_beam_width=config.max_beam_width,
-        kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
+        kv_cache_free_gpu_memory_fraction=settings.engine.kv_cache_free_gpu_memory_fraction,
         cross_kv_cache_fraction=CROSS_KV_CACHE_FRACTION,
     )
     engine = TrtLlmEngine(
@@ -72,8 +67,7 @@ def _import_trtllm() -> tuple[Any, str]:
             f"engine=trtllm needs TensorRT-LLM 1.2.1 (CUDA 13) on an NVIDIA GPU: {INSTALL_HINT} "
             f"({error})"
         ) from error
-    version = installed_trtllm_version() or str(tensorrt_llm.__version__)
-    return ModelRunnerCpp, version
+    return ModelRunnerCpp, str(tensorrt_llm.__version__)
 
 
 def _checked_manifest(engine_dir: Path, trtllm_version: str) -> Manifest:

@@ -19,7 +19,7 @@ from whisperwire.server.http import forms, render
 from whisperwire.server.http.errors import MalformedRequestError, ModelNotFoundError, error_body
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.pipeline import Audio, SpeechPipeline
-from whisperwire.server.servicer import ServerState
+from whisperwire.server.state import ServerState
 
 PROTOCOL = "http"
 # More form fields than OpenAI defines is not a client speaking its API.
@@ -80,7 +80,7 @@ class AudioApi:
     ) -> Transcript:
         transcript = await self.pipeline.transcribe(samples, options)
         elapsed = time.perf_counter() - started
-        self.metrics.observe_transcript(PROTOCOL, method, elapsed, transcript.duration)
+        self.metrics.observe_transcript(PROTOCOL, method, elapsed, transcript)
         return transcript
 
     # ---- /v1/models -----------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""PyTorch adapter: Whisper on a CUDA GPU (float16/bfloat16) or the CPU (float32).
+
+Needs nothing but torch. Weights come from an OpenAI checkpoint (`.pt`, as engine_builder
+downloads it) or a CTranslate2 model directory (the bundled offline models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import torch
+
+from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
+from whisperwire.server.engines.torch_whisper.checkpoints import load_checkpoint
+from whisperwire.server.engines.torch_whisper.decoding import WhisperDecoder
+from whisperwire.server.engines.torch_whisper.logit_rules import SpecialTokens
+from whisperwire.server.engines.torch_whisper.model import ModelDimensions, Whisper
+from whisperwire.server.errors import ConfigurationError, ModelNotFoundError
+from whisperwire.server.tokenizer import WhisperTokenizer
+
+DTYPES: Final = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_dtype(device: str) -> str:
+    return "float16" if device == "cuda" else "float32"
+
+
+class TorchEngine:
+    def __init__(
+        self,
+        checkpoint: Path,
+        tokenizer: WhisperTokenizer,
+        *,
+        weights: tuple[ModelDimensions, dict[str, torch.Tensor]] | None = None,
+        model_name: str,
+        device: str = "cpu",
+        dtype: str | None = None,
+        max_batch_size: int = 8,
+        cuda_graphs: bool = True,
+        compile_encoder: bool = False,
+    ) -> None:
+        dtype = dtype or default_dtype(device)
+        _check_device(device, dtype)
+        dims, state = weights or load_checkpoint(checkpoint)
+        _check_vocabulary(checkpoint, dims, tokenizer)
+        model = _build(checkpoint, dims, state).to(torch.device(device), DTYPES[dtype]).eval()
+        self._tokenizer = tokenizer
+        self._special = special_tokens(tokenizer)
+        self._decoder = WhisperDecoder(
+            model,
+            self._special,
+            max_rows=max_batch_size,
+            use_cuda_graphs=cuda_graphs and device == "cuda",
+            compile_encoder=compile_encoder,
+        )
+        self.info = EngineInfo(
+            name="torch",
+            model=model_name,
+            n_mels=dims.n_mels,
+            multilingual=tokenizer.multilingual,
+            num_languages=tokenizer.num_languages if tokenizer.multilingual else 0,
+            max_batch_size=max_batch_size,
+            supports_timestamps=True,
+            supports_word_timestamps=False,
+            device=f"{device}/{dtype}",
+        )
+
+    def generate(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        params: GenerationParams,
+    ) -> list[Generation]:
+        decoded = self._decoder.generate(
+            self._decoder.encode(_mel(features)),
+            prompts,
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            beam_size=params.beam_size,
+            suppress_tokens=params.suppress_tokens,
+            suppress_blank=params.suppress_blank,
+            no_speech=params.return_no_speech_prob,
+        )
+        return [Generation(d.tokens, d.sum_logprob, d.no_speech_prob) for d in decoded]
+
+    def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
+        probs = self._decoder.language_probs(self._decoder.encode(_mel(features))).tolist()
+        codes = [self._tokenizer.language_code(t) for t in self._special.language_ids]
+        return [sorted(zip(codes, row, strict=True), key=lambda pair: -pair[1]) for row in probs]
+
+
+def special_tokens(tokenizer: WhisperTokenizer) -> SpecialTokens:
+    t = tokenizer
+    return SpecialTokens(
+        eot=t.eot,
+        sot=t.sot,
+        no_speech=t.no_speech,
+        no_timestamps=t.no_timestamps,
+        timestamp_begin=t.timestamp_begin,
+        language_ids=t.language_token_ids if t.multilingual else (),
+        control_ids=(t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech),
+        blank_ids=(*t.encode(" "), t.eot),
+    )
+
+
+def _mel(features: Sequence[Features]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(features))
+
+
+def _check_device(device: str, dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ConfigurationError(f"the torch engine runs in {', '.join(DTYPES)}, not {dtype!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError("--device cuda: torch sees no CUDA GPU")
+    if device == "cpu" and dtype != "float32":
+        raise ConfigurationError("the torch engine runs float32 on the CPU")
+
+
+def _check_vocabulary(checkpoint: Path, dims: ModelDimensions, tokenizer: WhisperTokenizer) -> None:
+    if dims.n_vocab != tokenizer.n_vocab:
+        raise ModelNotFoundError(
+            f"{checkpoint}: the model has {dims.n_vocab} output tokens, its tokenizer "
+            f"{tokenizer.n_vocab}: they are not one model's"
+        )
+
+
+def _build(checkpoint: Path, dims: ModelDimensions, state: dict[str, torch.Tensor]) -> Whisper:
+    model = Whisper(dims)
+    result = model.load_state_dict(state, strict=False)
+    # OpenAI checkpoints may carry alignment heads; nothing else may be missing or extra.
+    unexpected = [k for k in result.unexpected_keys if k != "alignment_heads"]
+    if result.missing_keys or unexpected:
+        raise ModelNotFoundError(
+            f"{checkpoint}: not a Whisper checkpoint of the expected layout "
+            f"(missing {result.missing_keys[:5]}, unexpected {unexpected[:5]})"
+        )
+    return model
+
+
+def load_torch_engine(
+    model: str,
+    *,
+    device: str,
+    dtype: str | None,
+    max_batch_size: int,
+    compile_encoder: bool = False,
+) -> tuple[TorchEngine, WhisperTokenizer]:
+    """`model`: an OpenAI checkpoint file (tokenizer beside it or in assets/), or anything
+    `resolve_model` finds (a CTranslate2 directory, an offline package, the hub)."""
+    from whisperwire.server.models import resolve_model
+
+    path = Path(model).expanduser()
+    if path.suffix == ".pt":
+        if not path.is_file():
+            raise ModelNotFoundError(f"OpenAI checkpoint {path} does not exist")
+        weights = load_checkpoint(path)  # validated before the tokenizer is looked for
+        dims = weights[0]
+        multilingual = dims.n_vocab >= 51865
+        tokenizer = WhisperTokenizer.from_dir(
+            path.parent,
+            multilingual=multilingual,
+            num_languages=dims.n_vocab - 51765 - int(multilingual) if multilingual else None,
+        )
+        name = path.stem
+    else:
+        path = resolve_model(model)
+        weights = None
+        tokenizer = WhisperTokenizer.from_dir(path)
+        name = Path(model).name
+    engine = TorchEngine(
+        path,
+        tokenizer,
+        weights=weights,
+        model_name=name,
+        device=device,
+        dtype=dtype,
+        max_batch_size=max_batch_size,
+        compile_encoder=compile_encoder,
+    )
+    return engine, tokenizer
