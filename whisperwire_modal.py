@@ -52,6 +52,10 @@ MINUTES = 60
 GPU = os.environ.get("WHISPERWIRE_MODAL_GPU", "L40S")
 MODEL = os.environ.get("WHISPERWIRE_MODAL_MODEL", "large-v3-turbo")
 PRECISION = os.environ.get("WHISPERWIRE_MODAL_PRECISION", "float16")
+# trtllm (the default: engines built into the Volume) or torch: the PyTorch engine serves the
+# OpenAI checkpoint straight from the Volume, no build: the quickest first deploy, and the
+# fallback when a TensorRT-LLM build fails.
+ENGINE = os.environ.get("WHISPERWIRE_ENGINE", "trtllm")
 # Tunnel servers kept up at all times (each with its own address in the registry).
 REPLICAS = int(os.environ.get("WHISPERWIRE_MODAL_REPLICAS", "1"))
 # The Dict where tunnel servers register; the smoke test and benchmark use their own.
@@ -60,6 +64,7 @@ SETTINGS_ENV: dict[str, str | None] = {
     "WHISPERWIRE_MODAL_GPU": GPU,
     "WHISPERWIRE_MODAL_MODEL": MODEL,
     "WHISPERWIRE_MODAL_PRECISION": PRECISION,
+    "WHISPERWIRE_ENGINE": ENGINE,
     "WHISPERWIRE_MODAL_REGISTRY": REGISTRY,
 }
 
@@ -164,7 +169,13 @@ def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU
 
 
 def serving_settings(http_port: int | None = None) -> ServerSettings:
-    """Settings for this container: the newest matching engine build on the Volume."""
+    """Settings for this container: the newest matching engine build on the Volume, or with
+    WHISPERWIRE_ENGINE=torch the OpenAI checkpoint itself (downloaded once into the Volume)."""
+    if ENGINE == "torch":
+        checkpoint = engine_volume.fetch_checkpoint(Path(VOLUME_PATH), MODEL, commit=volume.commit)
+        return deploy.container_settings(
+            None, port=GRPC_PORT, grace=DRAIN_SECONDS, checkpoint=checkpoint, http_port=http_port
+        )
     engine_dir = engine_volume.find_engine_dir(
         Path(VOLUME_PATH, engine_volume.ENGINES_DIR),
         MODEL,
