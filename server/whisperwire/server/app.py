@@ -159,6 +159,10 @@ async def start_server(
         max_batch_size=settings.batching.max_batch_size,
         max_wait=settings.batching.batch_wait_ms / 1000,
         max_queue=settings.batching.max_queue,
+        bulk_batch_size=settings.batching.bulk_batch_size,
+        bulk_share=settings.batching.bulk_share,
+        interactive_first=settings.batching.interactive_first,
+        latency_target=settings.batching.latency_target_seconds,
         metrics=metrics,
     )
     scheduler.start()

@@ -17,10 +17,17 @@ T = TypeVar("T")
 
 
 class Priority(IntEnum):
-    """Lower runs first: a final someone waits for beats a partial that may be superseded."""
+    """Lower runs first: a final someone waits for beats a partial that may be superseded, and
+    both (interactive work, a stream's) beat bulk work: files and long audio, which no one
+    watches word by word."""
 
     FINAL = 0
     PARTIAL = 1
+    BULK = 2
+
+    @property
+    def interactive(self) -> bool:
+        return self is not Priority.BULK
 
 
 class Runner(Protocol):
@@ -36,6 +43,9 @@ class Runner(Protocol):
     async def detect_language(
         self, features: Sequence[Features], *, priority: Priority
     ) -> tuple[list[list[tuple[str, float]]], EngineTime]: ...
+
+    def admit(self, priority: Priority) -> None:
+        """Raise BusyError when new work of `priority` would wait past the latency target."""
 
 
 class DirectRunner:
@@ -69,6 +79,9 @@ class DirectRunner:
         self, features: Sequence[Features], *, priority: Priority = Priority.FINAL
     ) -> tuple[list[list[tuple[str, float]]], EngineTime]:
         return await self._run(partial(self._engine.detect_language, features))
+
+    def admit(self, priority: Priority) -> None:
+        """One caller at a time has no latency target to keep: everyone waits their turn."""
 
     async def _run(self, call: Callable[[], T]) -> tuple[T, EngineTime]:
         queued = time.perf_counter()

@@ -19,6 +19,7 @@ from whisperwire.server.http import forms, render
 from whisperwire.server.http.errors import MalformedRequestError, ModelNotFoundError, error_body
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.pipeline import Audio, SpeechPipeline
+from whisperwire.server.runner import Priority
 from whisperwire.server.state import ServerState
 
 PROTOCOL = "http"
@@ -43,6 +44,7 @@ class AudioApi:
     async def _audio(self, request: Request, task: Task) -> Response:
         started = time.perf_counter()
         self.state.check_serving()
+        self.pipeline.admit(Priority.BULK)  # a file, as gRPC Transcribe: streams go first
         async with _form(request) as form:
             audio = forms.audio_request(form, task, self.pipeline.engine)
             options = self.pipeline.validate(audio.options)
@@ -78,7 +80,7 @@ class AudioApi:
     async def _transcribe(
         self, method: str, samples: Audio, options: DecodeOptions, started: float
     ) -> Transcript:
-        transcript = await self.pipeline.transcribe(samples, options)
+        transcript = await self.pipeline.transcribe(samples, options, priority=Priority.BULK)
         elapsed = time.perf_counter() - started
         self.metrics.observe_transcript(PROTOCOL, method, elapsed, transcript)
         return transcript
