@@ -14,7 +14,8 @@
 # Operator commands live in a second App, `whisperwire-ops`, so that running them never starts
 # the production server (`modal run` creates every function and class of an App). An unverified
 # variant behind a stable, load-balanced URL (`@app.server(h2_enabled=True)`) is deployed only
-# when asked for (WHISPERWIRE_MODAL_SERVER=1). Details in docs/modal.md.
+# when asked for (WHISPERWIRE_MODAL_SERVER=1); the OpenAI-compatible HTTP API (`HttpApi`,
+# unverified) runs behind Modal's HTTPS proxy, scaled from zero. Details in docs/modal.md.
 #
 # ```sh
 # modal secret create whisperwire-token WHISPERWIRE_TOKEN="$WHISPERWIRE_TOKEN"
@@ -79,6 +80,8 @@ SMOKE_APP = f"{APP_NAME}-smoke"
 BENCHMARK_APP = f"{APP_NAME}-benchmark"
 
 GRPC_PORT = 50051
+# The OpenAI-compatible HTTP API of the `HttpApi` server class (Modal's proxy adds TLS).
+HTTP_PORT = 8000
 # Seconds an open stream gets to finish on shutdown (the server's grace period).
 DRAIN_SECONDS = 20
 ENGINE_LOAD_TIMEOUT = 20 * MINUTES
@@ -208,17 +211,18 @@ def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU
     return {"engine_dir": str(result.engine_dir), "built": result.built}
 
 
-def serving_settings(model: str = "") -> ServerSettings:
-    """Settings for this container serving `model` (default MODEL): the newest matching engine
-    build on the Volume, or with WHISPERWIRE_ENGINE=torch the OpenAI checkpoint itself
-    (downloaded once into the Volume). Either way the image's CUDA 13 needs an R580+ driver."""
+def serving_settings(model: str = "", http_port: int | None = None) -> ServerSettings:
+    """Settings for this container serving `model` (default MODEL), with the HTTP API on
+    `http_port` if given: the newest matching engine build on the Volume, or with
+    WHISPERWIRE_ENGINE=torch the OpenAI checkpoint itself (downloaded once into the Volume).
+    Either way the image's CUDA 13 needs an R580+ driver."""
     deploy.require_gpu_driver(MIN_DRIVER_MAJOR)
     if ENGINE == "torch":
         checkpoint = engine_volume.fetch_checkpoint(
             Path(VOLUME_PATH), model or MODEL, commit=volume.commit
         )
         return deploy.container_settings(
-            None, port=GRPC_PORT, grace=DRAIN_SECONDS, checkpoint=checkpoint
+            None, port=GRPC_PORT, grace=DRAIN_SECONDS, checkpoint=checkpoint, http_port=http_port
         )
     engine_dir = engine_volume.find_engine_dir(
         Path(VOLUME_PATH, engine_volume.ENGINES_DIR),
@@ -227,7 +231,9 @@ def serving_settings(model: str = "") -> ServerSettings:
         trtllm_version=installed_trtllm_version() or TENSORRT_LLM_VERSION,
         gpu_name=detect_gpu_name(),
     )
-    return deploy.container_settings(engine_dir, port=GRPC_PORT, grace=DRAIN_SECONDS)
+    return deploy.container_settings(
+        engine_dir, port=GRPC_PORT, grace=DRAIN_SECONDS, http_port=http_port
+    )
 
 
 # ## Serving through a tunnel
@@ -322,6 +328,50 @@ if SCALE_OUT_SERVER:
         @modal.exit()
         def stop(self) -> None:
             self.server.stop(DRAIN_SECONDS)
+
+
+# ## The OpenAI-compatible HTTP API, over TLS (unverified)
+#
+# The same server also speaks OpenAI's audio API over HTTP/1.1 (`--http-port`), which Modal's
+# web proxy carries as it is: `@app.server` without `h2_enabled` gives a stable HTTPS URL
+# (`https://<workspace>--whisperwire-httpapi.<region>.modal.direct`, printed by `modal deploy`)
+# whose TLS ends at Modal's proxy, which forwards plain HTTP to `HTTP_PORT` in the container.
+# Modal's proxy authentication is off; the server's bearer token is not, and OpenAI's SDKs
+# send it as their API key (`OpenAI(base_url=<url>/v1, api_key=$WHISPERWIRE_TOKEN)`).
+
+
+@app.server(
+    image=image,
+    gpu=GPU,
+    volumes={VOLUME_PATH: volume},
+    secrets=[token_secret],
+    env=SETTINGS_ENV,
+    port=HTTP_PORT,
+    unauthenticated=True,
+    startup_timeout=ENGINE_LOAD_TIMEOUT,
+    exit_grace_period=DRAIN_SECONDS + 10,
+    target_concurrency=16,
+    min_containers=0,
+    max_containers=4,
+)
+class HttpApi:
+    @modal.enter()
+    def start(self) -> None:
+        self.server = serve_http_api()
+
+    @modal.exit()
+    def stop(self) -> None:
+        self.server.stop(DRAIN_SECONDS)
+
+
+def serve_http_api() -> deploy.BackgroundServer:
+    """The server with its HTTP API on `HTTP_PORT`, token required, started and warm."""
+    settings = serving_settings(http_port=HTTP_PORT)
+    deploy.require_token(settings)
+    engine, tokenizer = load_engine(settings)
+    server = deploy.BackgroundServer(settings, engine, tokenizer)
+    server.start()
+    return server
 
 
 # ## A server for the ops entrypoints

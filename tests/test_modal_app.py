@@ -179,6 +179,7 @@ def test_ops_entrypoints_live_in_their_own_app(recorded: Recorded) -> None:
     apps = {name: settings["app"] for name, (_, settings) in recorded.decorations.items()}
     assert apps == {
         "TunnelServer": "whisperwire",
+        "HttpApi": "whisperwire",
         "build_engines": "whisperwire-ops",
         "OpsServer": "whisperwire-ops",
         "smoke": "whisperwire-ops",

@@ -1,12 +1,15 @@
 """The server's own TLS (--tls-cert/--tls-key) and mutual TLS (--tls-client-ca), for
-deployments with no TLS proxy in front: the real server, the real SDK, real certificates."""
+deployments with no TLS proxy in front, on gRPC and the HTTP API alike: the real server, the
+real SDK and an HTTP client, real certificates."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -47,6 +50,42 @@ async def test_a_tls_server_transcribes_for_a_tls_client(
         async with AsyncClient(target) as plaintext:
             with pytest.raises(ServerUnavailableError):
                 await plaintext.health()
+    finally:
+        await running.drain_and_stop(grace=1.0)
+
+
+async def test_the_http_api_serves_https_with_the_same_certificate(
+    tiny_engine: Engine, certificates: dict[str, Certificate]
+) -> None:
+    server, client = certificates["server"], certificates["client"]
+    running = await start_server(
+        settings(
+            http_port=0,
+            tls_cert=server.cert_path,
+            tls_key=server.key_path,
+            tls_client_ca=client.cert_path,
+        ),
+        *tiny_engine,
+    )
+    try:
+        https = f"https://localhost:{running.http_port}"
+        trusted = ssl.create_default_context(cafile=server.cert_path)
+        trusted.load_cert_chain(client.cert_path, client.key_path)
+        async with httpx.AsyncClient(verify=trusted, timeout=120) as http:
+            answer = await http.post(
+                f"{https}/v1/audio/transcriptions",
+                files={"file": ("jfk.flac", JFK.read())},
+                data={"model": "whisper-1", "language": "en"},
+            )
+        assert answer.status_code == 200, answer.text
+        assert wer(JFK.reference, answer.json()["text"]) <= 0.1
+        # Plain HTTP gets no answer, nor does a client without a certificate from the CA.
+        without_certificate = ssl.create_default_context(cafile=server.cert_path)
+        for client_options in ({}, {"verify": without_certificate}):
+            url = https.replace("https", "http") if not client_options else https
+            async with httpx.AsyncClient(**client_options) as http:
+                with pytest.raises(httpx.TransportError):
+                    await http.get(f"{url}/healthz")
     finally:
         await running.drain_and_stop(grace=1.0)
 

@@ -26,6 +26,8 @@ from whisperwire.server.domain import DecodeOptions
 from whisperwire.server.engine import Engine
 from whisperwire.server.errors import ConfigurationError as ConfigurationError  # re-exported
 from whisperwire.server.errors import EngineLostError
+from whisperwire.server.http.app import HttpServer, HttpTls, listen
+from whisperwire.server.http.routes import AudioApi
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.outcomes import OutcomeInterceptor
 from whisperwire.server.pipeline import SpeechPipeline
@@ -103,8 +105,14 @@ class RunningServer:
     health: health_aio.HealthServicer
     metrics: Metrics
     pipeline: SpeechPipeline
+    http: HttpServer | None = None
+    """The OpenAI-compatible HTTP API, when --http-port is set."""
     engine_lost: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the engine stalled or failed for good: the process should exit."""
+
+    @property
+    def http_port(self) -> int | None:
+        return None if self.http is None else self.http.port
 
     def on_engine_lost(self, lost: EngineLostError) -> None:
         """The scheduler's callback (on the event loop): NOT_SERVING, then signal the exit."""
@@ -135,7 +143,10 @@ class RunningServer:
         log.info("draining: %d open streams", len(self.state.streams))
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.state.drain()
-        await self.server.stop(grace)
+        stopping = [self.server.stop(grace)]
+        if self.http is not None:
+            stopping.append(self.http.stop(grace))
+        await asyncio.gather(*stopping)
         await self.scheduler.stop()
 
     async def _set_health(self, status: int) -> None:
@@ -193,20 +204,44 @@ async def start_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = _listen(server, settings, credentials)
+    http = _http_server(settings, pipeline, state, metrics)
     if settings.network.metrics_port is not None:
         start_http_server(
             settings.network.metrics_port, addr=settings.network.host, registry=metrics.registry
         )
-    running = RunningServer(server, port, state, scheduler, health_servicer, metrics, pipeline)
+    running = RunningServer(
+        server, port, state, scheduler, health_servicer, metrics, pipeline, http
+    )
     scheduler.set_engine_lost_handler(running.on_engine_lost)
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    if http is not None:
+        await http.start()
     if warm_up:
         await running.warm_up()
     else:
         state.ready = True
         await running._set_health(health_pb2.HealthCheckResponse.SERVING)
     return running
+
+
+def _http_server(
+    settings: ServerSettings, pipeline: SpeechPipeline, state: ServerState, metrics: Metrics
+) -> HttpServer | None:
+    """The OpenAI-compatible API over the same pipeline (so HTTP and gRPC work is batched
+    together), the same token, limits and TLS; bound now, started with the gRPC server."""
+    network = settings.network
+    if network.http_port is None:
+        return None
+    return HttpServer(
+        AudioApi(pipeline, state, metrics),
+        listen(network.host, network.http_port),
+        token=network.token.get_secret_value() if network.token else None,
+        max_request_bytes=settings.limits.max_request_bytes,
+        tls=HttpTls(network.tls_cert, network.tls_key, network.tls_client_ca)
+        if network.tls_cert and network.tls_key
+        else None,
+    )
 
 
 def _listen(
@@ -272,9 +307,10 @@ async def serve(settings: ServerSettings) -> None:
         running = await start_server(settings, engine, tokenizer)
     except EngineLostError:  # the warm-up decode stalled: nothing to serve with
         exit_for_replacement()
+    http = "" if running.http_port is None else f", OpenAI HTTP API on port {running.http_port}"
     print(
         f"whisperwire serving {engine.info.model} ({engine.info.name}, {engine.info.device}) "
-        f"on {settings.network.host}:{running.port}",
+        f"on {settings.network.host}:{running.port}{http}",
         flush=True,
     )
     stop = asyncio.Event()

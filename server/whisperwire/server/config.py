@@ -92,7 +92,8 @@ class LimitSettings(_Group):
     max_chunk_bytes: int = 64 * 1024
     """Largest audio chunk of a stream."""
     max_request_bytes: int = 32 * MiB
-    """gRPC receive limit; raised above the 4 MiB default for unary files."""
+    """Largest unary request: the gRPC receive limit (raised above its 4 MiB default for
+    files) and the HTTP API's upload limit."""
     max_audio_seconds: float = 3 * 3600.0
     """Longest audio of one Transcribe call."""
     max_utterance_seconds: float = 600.0
@@ -106,6 +107,9 @@ class NetworkSettings(_Group):
     """gRPC port; 0 picks a free one."""
     metrics_port: int | None = None
     """Prometheus /metrics HTTP port; unset disables it."""
+    http_port: int | None = None
+    """OpenAI-compatible HTTP API port (same host, token and limits as gRPC); unset disables
+    it, 0 picks a free one."""
     token: SecretStr | None = None
     """Bearer token ('authorization: Bearer TOKEN') required on every call when set."""
     tls_cert: Path | None = None

@@ -39,6 +39,7 @@ class Segment:
     text: str
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
+    temperature: float | None = None  # of the decode that produced it (fallback may raise it)
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,11 @@ class SpeechPipeline:
 
     def _segments(self, decoded: Decoded, timestamps: bool) -> list[Segment]:
         window, generation = decoded.window, decoded.generation
-        common = {"avg_logprob": decoded.avg_logprob, "no_speech_prob": generation.no_speech_prob}
+        common = {
+            "avg_logprob": decoded.avg_logprob,
+            "no_speech_prob": generation.no_speech_prob,
+            "temperature": decoded.temperature,
+        }
         ids = generation.token_ids
         if not timestamps or not any(t >= self.tokenizer.timestamp_begin for t in ids):
             text = self.tokenizer.decode(ids).strip()

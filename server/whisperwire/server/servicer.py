@@ -49,7 +49,8 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         self.pipeline.admit(Priority.BULK)
         options = self.pipeline.validate(convert.decode_options(request.config, self.settings))
         transcript = await self._transcribe(request, options)
-        self.metrics.observe_transcript("Transcribe", time.perf_counter() - started, transcript)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_transcript("grpc", "Transcribe", elapsed, transcript)
         response = pb.TranscribeResponse(
             request_id=call_id,
             transcript=convert.transcript(transcript),
