@@ -51,7 +51,7 @@ END_REASON_MAX_DURATION: EndReason
 END_REASON_SERVER_SHUTDOWN: EndReason
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("language", "task", "initial_prompt", "enable_segment_timestamps", "enable_word_timestamps", "beam_size", "temperature", "include_timings")
+    __slots__ = ("language", "task", "initial_prompt", "enable_segment_timestamps", "enable_word_timestamps", "beam_size", "temperature", "include_timings", "separate_channels", "detect_language_per_segment")
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     INITIAL_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,8 @@ class RecognitionConfig(_message.Message):
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    SEPARATE_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    DETECT_LANGUAGE_PER_SEGMENT_FIELD_NUMBER: _ClassVar[int]
     language: str
     task: Task
     initial_prompt: str
@@ -68,7 +70,9 @@ class RecognitionConfig(_message.Message):
     beam_size: int
     temperature: float
     include_timings: bool
-    def __init__(self, language: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., initial_prompt: _Optional[str] = ..., enable_segment_timestamps: _Optional[bool] = ..., enable_word_timestamps: _Optional[bool] = ..., beam_size: _Optional[int] = ..., temperature: _Optional[float] = ..., include_timings: _Optional[bool] = ...) -> None: ...
+    separate_channels: bool
+    detect_language_per_segment: bool
+    def __init__(self, language: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., initial_prompt: _Optional[str] = ..., enable_segment_timestamps: _Optional[bool] = ..., enable_word_timestamps: _Optional[bool] = ..., beam_size: _Optional[int] = ..., temperature: _Optional[float] = ..., include_timings: _Optional[bool] = ..., separate_channels: _Optional[bool] = ..., detect_language_per_segment: _Optional[bool] = ...) -> None: ...
 
 class RawAudioFormat(_message.Message):
     __slots__ = ("encoding", "sample_rate_hertz", "channel_count")
@@ -97,7 +101,7 @@ class Word(_message.Message):
     def __init__(self, text: _Optional[str] = ..., start_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Segment(_message.Message):
-    __slots__ = ("index", "text", "start_offset", "end_offset", "words", "avg_logprob", "no_speech_prob")
+    __slots__ = ("index", "text", "start_offset", "end_offset", "words", "avg_logprob", "no_speech_prob", "language", "language_probability", "channel")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     START_OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +109,9 @@ class Segment(_message.Message):
     WORDS_FIELD_NUMBER: _ClassVar[int]
     AVG_LOGPROB_FIELD_NUMBER: _ClassVar[int]
     NO_SPEECH_PROB_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     index: int
     text: str
     start_offset: _duration_pb2.Duration
@@ -112,7 +119,10 @@ class Segment(_message.Message):
     words: _containers.RepeatedCompositeFieldContainer[Word]
     avg_logprob: float
     no_speech_prob: float
-    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., start_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., avg_logprob: _Optional[float] = ..., no_speech_prob: _Optional[float] = ...) -> None: ...
+    language: str
+    language_probability: float
+    channel: int
+    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., start_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., avg_logprob: _Optional[float] = ..., no_speech_prob: _Optional[float] = ..., language: _Optional[str] = ..., language_probability: _Optional[float] = ..., channel: _Optional[int] = ...) -> None: ...
 
 class Transcript(_message.Message):
     __slots__ = ("text", "segments", "language", "language_probability", "audio_duration")
