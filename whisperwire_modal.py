@@ -35,7 +35,8 @@ from typing import Any, cast
 
 import modal
 
-from whisperwire.client.modal_discovery import registry_name, resolve_target
+from whisperwire.client.modal_discovery import resolve_target
+from whisperwire.modal_registry import registry_name
 
 # ## Constants
 #
@@ -113,13 +114,14 @@ image = (
     .pip_install(f"torch=={TORCH_VERSION}", index_url=TORCH_INDEX_URL)
     .pip_install(f"tensorrt-llm=={TENSORRT_LLM_VERSION}", extra_index_url=NVIDIA_INDEX_URL)
     .add_local_dir(PROJECT_DIR, PROJECT_IN_IMAGE, copy=True, ignore=NOT_SHIPPED)
-    .run_commands(f"python -m pip install '{PROJECT_IN_IMAGE}[builder]'")
+    .run_commands(f"python -m pip install '{PROJECT_IN_IMAGE}[server,builder]'")
 )
 
 # The serving code needs CUDA and TensorRT-LLM only inside the container; locally (for
 # `modal run`/`modal deploy`, and the tests) these imports are plain Python.
 with image.imports():  # type: ignore[no-untyped-call]
-    from engine_builder import detect_gpu_name, installed_trtllm_version
+    from engine_builder import volume as engine_volume
+    from engine_builder.environment import detect_gpu_name, installed_trtllm_version
     from whisperwire.server import deploy
     from whisperwire.server.app import load_engine
     from whisperwire.server.config import ServerSettings
@@ -153,7 +155,7 @@ app = modal.App(APP_NAME)
 )
 def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU) -> dict[str, Any]:
     root = Path(VOLUME_PATH)
-    result = deploy.build_into_volume(root, model, precision, gpu=gpu, commit=volume.commit)
+    result = engine_volume.build_into_volume(root, model, precision, gpu=gpu, commit=volume.commit)
     status = "built" if result.built else "already built"
     print(f"{status}: {result.engine_dir}")
     return {"engine_dir": str(result.engine_dir), "built": result.built}
@@ -161,8 +163,8 @@ def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU
 
 def serving_settings() -> ServerSettings:
     """Settings for this container: the newest matching engine build on the Volume."""
-    engine_dir = deploy.find_engine_dir(
-        Path(VOLUME_PATH, deploy.ENGINES_DIR),
+    engine_dir = engine_volume.find_engine_dir(
+        Path(VOLUME_PATH, engine_volume.ENGINES_DIR),
         MODEL,
         PRECISION,
         trtllm_version=installed_trtllm_version() or TENSORRT_LLM_VERSION,

@@ -206,7 +206,7 @@ def fetch_inputs(model: WhisperModel, download_dir: Path) -> dict[str, Path]:
 
 
 def _build_into(staging: Path, plan: BuildPlan, inputs: dict[str, Path], trtllm_build: str) -> None:
-    # Imported here so that `import engine_builder` (e.g. the server's startup check) stays
+    # Imported here so that importing the build (e.g. `python -m engine_builder --help`) stays
     # free of torch.
     from engine_builder.convert import write_trtllm_checkpoint
 

@@ -21,8 +21,8 @@ from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc
 Request = pb.StreamAudioRequest
 
 
-def stub(channel: grpc.aio.Channel) -> pb_grpc.TranscriptionServiceStub:
-    return pb_grpc.TranscriptionServiceStub(channel)  # type: ignore[no-untyped-call]
+def stub(channel: grpc.aio.Channel) -> pb_grpc.TranscriptionServiceAsyncStub:
+    return pb_grpc.TranscriptionServiceStub(channel)
 
 
 def config_request(**recognition: object) -> Request:

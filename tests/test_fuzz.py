@@ -188,7 +188,7 @@ transcribe_requests = st.one_of(
 @pytest.fixture(scope="module")
 def blocking_stub(tiny_server: RunningServer) -> Iterator[pb_grpc.TranscriptionServiceStub]:
     with grpc.insecure_channel(f"127.0.0.1:{tiny_server.port}") as channel:
-        yield pb_grpc.TranscriptionServiceStub(channel)  # type: ignore[no-untyped-call]
+        yield pb_grpc.TranscriptionServiceStub(channel)
 
 
 @FUZZ

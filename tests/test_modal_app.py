@@ -33,8 +33,9 @@ import torch
 
 import engine_builder.build
 import whisperwire_modal as app
-from engine_builder import EngineDirError
+from engine_builder import volume as engine_volume
 from engine_builder.catalog import WhisperModel
+from engine_builder.errors import EngineDirError
 from tests.engine_builder.builder_support import (
     FakeTrtllmBuild,
     FileServer,
@@ -45,8 +46,8 @@ from tests.engine_builder.openai_layout import TINY_DIMS, random_state
 from tests.speech import HESTER, JFK, NIGHTFALL, wer
 from tests.test_modal_standins import DictStandIn, LoopbackForward
 from tests.trtllm_double.support import TINY_EN, double_importable, write_engine_dir
-from whisperwire.client.modal_discovery import TunnelEndpoint, resolve_target
-from whisperwire.server import deploy
+from whisperwire.client.modal_discovery import resolve_target
+from whisperwire.modal_registry import TunnelEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
 APP_FILE = REPO / "whisperwire_modal.py"
@@ -226,7 +227,7 @@ def test_the_image_pins_the_cuda13_tensorrt_llm_stack_and_installs_the_project(
         {"extra_index_url": "https://pypi.nvidia.com"},
     )
     assert steps[5][2]["copy"] is True  # build steps follow it
-    assert "[builder]" in steps[6][1][0]
+    assert "[server,builder]" in steps[6][1][0]
 
 
 def test_the_image_pin_matches_the_trtllm_extra() -> None:
@@ -305,19 +306,23 @@ def test_the_server_finds_the_build_for_its_gpu_or_says_how_to_make_one(
     tiny_checkpoint_server: WhisperModel,
 ) -> None:
     monkeypatch.setattr(engine_builder.build, "resolve_model", lambda name: tiny_checkpoint_server)
-    build = deploy.build_into_volume(tmp_path, "tiny", "float16", gpu="L40S", commit=lambda: None)
-    engines = tmp_path / deploy.ENGINES_DIR
+    build = engine_volume.build_into_volume(
+        tmp_path, "tiny", "float16", gpu="L40S", commit=lambda: None
+    )
+    engines = tmp_path / engine_volume.ENGINES_DIR
 
-    found = deploy.find_engine_dir(
+    found = engine_volume.find_engine_dir(
         engines, "tiny", "float16", trtllm_version="1.2.1", gpu_name="NVIDIA L40S"
     )
     assert found == build.engine_dir
     with pytest.raises(EngineDirError, match=r"build_engines --model tiny --precision float16"):
-        deploy.find_engine_dir(
+        engine_volume.find_engine_dir(
             engines, "tiny", "float16", trtllm_version="1.2.1", gpu_name="NVIDIA H100 80GB HBM3"
         )
     with pytest.raises(EngineDirError, match="no tiny bfloat16 engines"):
-        deploy.find_engine_dir(engines, "tiny", "bfloat16", trtllm_version="1.2.1", gpu_name=None)
+        engine_volume.find_engine_dir(
+            engines, "tiny", "bfloat16", trtllm_version="1.2.1", gpu_name=None
+        )
 
 
 # --- the tunnel server class, and the smoke test and benchmark against it ----------------------

@@ -14,15 +14,13 @@ import pytest
 
 from tests.test_modal_standins import DictStandIn
 from whisperwire.client.modal_discovery import (
-    STALE_AFTER_SECONDS,
     NoEndpointError,
-    TunnelEndpoint,
     choose_endpoint,
     live_endpoints,
-    registry_name,
     resolve_endpoints,
     resolve_target,
 )
+from whisperwire.modal_registry import STALE_AFTER_SECONDS, TunnelEndpoint, registry_name
 
 NOW = 1_800_000_000.0
 

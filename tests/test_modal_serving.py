@@ -38,7 +38,8 @@ from whisperwire.client import (
     SpeechEvent,
     StreamOptions,
 )
-from whisperwire.client.modal_discovery import TunnelEndpoint, resolve_target
+from whisperwire.client.modal_discovery import resolve_target
+from whisperwire.modal_registry import TunnelEndpoint
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.deploy import (
     TunnelService,

@@ -12,9 +12,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 _ROOT = Path(__file__).resolve().parents[1]
-# The generated stubs live in client/; make them importable when the project is not installed.
-if str(_ROOT / "client") not in sys.path:
-    sys.path.insert(0, str(_ROOT / "client"))
+# The generated stubs live in api/; make them importable when the project is not installed.
+if str(_ROOT / "api") not in sys.path:
+    sys.path.insert(0, str(_ROOT / "api"))
 
 from whisperwire.v1 import transcription_service_pb2 as pb  # noqa: E402
 from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc  # noqa: E402

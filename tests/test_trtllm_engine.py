@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from engine_builder import BuildOptions
+from engine_builder.trtllm_build import BuildOptions
 from tests.speech import CHINESE, ENGLISH_CLIPS, JFK, corpus_wer, load_pcm16k, wer
 from tests.trtllm_double.support import BASE, TINY_EN, double_importable, write_engine_dir
 from whisperwire.server.app import ConfigurationError

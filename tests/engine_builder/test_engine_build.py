@@ -11,7 +11,7 @@ import pytest
 from builder_support import FakeTrtllmBuild, FileServer
 from openai_layout import TINY_DIMS
 
-from engine_builder import build_engines, check_engine_dir, load_manifest
+from engine_builder.build import build_engines
 from engine_builder.catalog import WhisperModel
 from engine_builder.errors import (
     TRTLLM_INSTALL_HINT,
@@ -20,6 +20,7 @@ from engine_builder.errors import (
     TrtllmBuildError,
     TrtllmNotFoundError,
 )
+from engine_builder.manifest import check_engine_dir, load_manifest
 
 GPU = "NVIDIA A10G"
 ENGINE_FILES = [

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine_builder import BUILDER_VERSION, BuildOptions, Manifest
+from engine_builder.build import BUILDER_VERSION
 from engine_builder.convert import ModelDims, decoder_config, encoder_config
+from engine_builder.manifest import Manifest
+from engine_builder.trtllm_build import BuildOptions
 
 DOUBLE_DIR = Path(__file__).resolve().parent
 DOUBLE_CONFIG = "double.json"

@@ -40,23 +40,19 @@ StreamCall = grpc.aio.StreamStreamCall[pb.StreamAudioRequest, pb.StreamAudioResp
 
 
 @dataclass(frozen=True)
-class _Methods:
-    """The stub's methods, typed (the generated stub module is not)."""
+class _Stubs:
+    """One channel's stubs: whisperwire.v1 (typed by the generated stubs) and the health check."""
 
-    transcribe: grpc.aio.UnaryUnaryMultiCallable[pb.TranscribeRequest, pb.TranscribeResponse]
-    stream_audio: grpc.aio.StreamStreamMultiCallable[pb.StreamAudioRequest, pb.StreamAudioResponse]
-    service_info: grpc.aio.UnaryUnaryMultiCallable[
-        pb.GetServiceInfoRequest, pb.GetServiceInfoResponse
-    ]
+    service: pb_grpc.TranscriptionServiceAsyncStub
+    # grpcio-health-checking ships no type stubs: its one method is typed here.
     health: grpc.aio.UnaryUnaryMultiCallable[
         health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
     ]
 
     @classmethod
-    def bind(cls, channel: grpc.aio.Channel) -> _Methods:
-        stub = pb_grpc.TranscriptionServiceStub(channel)  # type: ignore[no-untyped-call]
+    def bind(cls, channel: grpc.aio.Channel) -> _Stubs:
         health = health_pb2_grpc.HealthStub(channel)
-        return cls(stub.Transcribe, stub.StreamAudio, stub.GetServiceInfo, health.Check)
+        return cls(pb_grpc.TranscriptionServiceStub(channel), health.Check)
 
 
 async def _rpc(call: Awaitable[T]) -> T:
@@ -89,7 +85,7 @@ class AsyncClient:
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self._channel: grpc.aio.Channel | None = None
-        self._methods: _Methods | None = None
+        self._stubs: _Stubs | None = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -100,14 +96,14 @@ class AsyncClient:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close(grace=None)
-            self._channel, self._methods = None, None
+            self._channel, self._stubs = None, None
 
     @property
-    def _rpcs(self) -> _Methods:
-        if self._methods is None:
+    def _rpcs(self) -> _Stubs:
+        if self._stubs is None:
             self._channel = self.connection.open_channel()
-            self._methods = _Methods.bind(self._channel)
-        return self._methods
+            self._stubs = _Stubs.bind(self._channel)
+        return self._stubs
 
     # ---- unary calls (retried) --------------------------------------------------------------
     async def transcribe(
@@ -126,7 +122,9 @@ class AsyncClient:
         )
 
         async def attempt(left: float | None) -> pb.TranscribeResponse:
-            return await _rpc(self._rpcs.transcribe(request, timeout=left, metadata=self._metadata))
+            return await _rpc(
+                self._rpcs.service.Transcribe(request, timeout=left, metadata=self._metadata)
+            )
 
         response = await self._unary(attempt, timeout, "Transcribe")
         return convert.transcribe_response(response)
@@ -134,7 +132,7 @@ class AsyncClient:
     async def service_info(self, *, timeout: float | None = None) -> ServiceInfo:
         async def attempt(left: float | None) -> pb.GetServiceInfoResponse:
             request = pb.GetServiceInfoRequest()
-            call = self._rpcs.service_info(request, timeout=left, metadata=self._metadata)
+            call = self._rpcs.service.GetServiceInfo(request, timeout=left, metadata=self._metadata)
             return await _rpc(call)
 
         return convert.service_info(await self._unary(attempt, timeout, "GetServiceInfo"))
@@ -178,7 +176,7 @@ class AsyncClient:
     async def _open_stream(
         self, config: pb.StreamAudioRequest, timeout: float | None
     ) -> AsyncAudioStream:
-        call = self._rpcs.stream_audio(None, timeout=timeout, metadata=self._metadata)
+        call = self._rpcs.service.StreamAudio(None, timeout=timeout, metadata=self._metadata)
         status = ServerStatus(call)
         first: object = None
         try:

@@ -46,7 +46,12 @@ def load_engine(settings: ServerSettings) -> tuple[Engine, WhisperTokenizer]:
 
         return load_trtllm_engine(settings)
     if settings.engine.name == "torch":
-        from whisperwire.server.engines.torch import load_torch_engine
+        try:
+            from whisperwire.server.engines.torch import load_torch_engine
+        except ImportError as error:
+            raise ConfigurationError(
+                f"engine=torch needs PyTorch: pip install 'whisperwire[torch]' ({error})"
+            ) from error
 
         return load_torch_engine(
             settings.engine.model,
@@ -158,7 +163,7 @@ async def start_server(
     )
     interceptors.append(OutcomeInterceptor(metrics, SERVICE_NAME))
     server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
-    pb_grpc.add_TranscriptionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    pb_grpc.add_TranscriptionServiceServicer_to_server(
         TranscriptionServicer(pipeline, state, metrics), server
     )
     health_servicer = health_aio.HealthServicer()

@@ -10,7 +10,7 @@ whisperwire_modal.py wires Modal's objects into these functions; tests pass loop
   with a plaintext channel. That endpoint is public, hence a bearer token is required.
 - The tunnel's address is random per container, so it is published in a registry (a named
   `modal.Dict`) under the container's id, with a heartbeat; clients pick among live entries
-  (whisperwire.client.modal_discovery).
+  (whisperwire.client.modal_discovery; the entry's format is whisperwire.modal_registry).
 - Stopping withdraws the entry first (new clients go elsewhere), then drains (open streams get
   their finals through the still-open tunnel), then closes the tunnel.
 """
@@ -25,20 +25,11 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TypeVar
 
-from engine_builder import (
-    EngineDirError,
-    build_engines,
-    check_engine_dir,
-    load_manifest,
-    resolve_model,
-)
-from engine_builder.manifest import MANIFEST_NAME
-from whisperwire.client.modal_discovery import HEARTBEAT_SECONDS, TunnelEndpoint
+from whisperwire.modal_registry import HEARTBEAT_SECONDS, TunnelEndpoint
 from whisperwire.server.app import RunningServer, start_server
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engine import Engine
@@ -47,11 +38,6 @@ from whisperwire.server.tokenizer import WhisperTokenizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Layout of the Modal Volume: engine_builder's build directories (engines, assets, manifest)
-# and the downloaded OpenAI checkpoints they were built from.
-ENGINES_DIR = "engines"
-CHECKPOINTS_DIR = "checkpoints"
 
 
 class Tunnel(Protocol):
@@ -306,95 +292,6 @@ def _stop_then_interrupt(stop: Callable[[], None]) -> None:
         stop()
     finally:
         os.kill(os.getpid(), signal.SIGINT)
-
-
-# --- engines on the Volume --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineBuild:
-    engine_dir: Path
-    built: bool
-    """False when a build with the same key was already on the Volume (nothing was done)."""
-
-
-def build_into_volume(
-    volume_root: Path,
-    model: str,
-    precision: str,
-    *,
-    gpu: str,
-    commit: Callable[[], None],
-) -> EngineBuild:
-    """Build engines into `<volume_root>/engines/<key>/` unless that key exists; commit if built.
-
-    `gpu` names the GPU type when nvidia-smi cannot (engine_builder prefers nvidia-smi's name).
-    Checkpoints are cached in `<volume_root>/checkpoints/` for rebuilds.
-    """
-    engines_root = volume_root / ENGINES_DIR
-    before = _build_names(engines_root)
-    engine_dir = build_engines(
-        model, precision, engines_root, gpu=gpu, download_dir=volume_root / CHECKPOINTS_DIR
-    )
-    built = engine_dir.name not in before
-    if built:
-        # Serving containers see the Volume as last committed when they start.
-        commit()
-    return EngineBuild(engine_dir, built)
-
-
-def _build_names(engines_root: Path) -> set[str]:
-    if not engines_root.is_dir():
-        return set()
-    return {p.name for p in engines_root.iterdir() if (p / MANIFEST_NAME).is_file()}
-
-
-def find_engine_dir(
-    engines_root: Path,
-    model: str,
-    precision: str,
-    *,
-    trtllm_version: str,
-    gpu_name: str | None,
-) -> Path:
-    """The newest complete build of `model` at `precision` usable with this TensorRT-LLM and GPU.
-
-    `gpu_name` None (no nvidia-smi) skips the GPU check; the engine loader checks again.
-    Raises EngineDirError saying how to build one when there is none.
-    """
-    canonical = resolve_model(model).name
-    usable: list[tuple[float, Path]] = []
-    for directory in _build_dirs(engines_root):
-        try:
-            manifest = load_manifest(directory)
-            if (manifest.model, manifest.precision) != (canonical, precision):
-                continue
-            check_engine_dir(
-                directory, trtllm_version=trtllm_version, gpu=gpu_name or manifest.gpu_name
-            )
-        except EngineDirError as error:
-            log.info("not using %s: %s", directory.name, error)
-            continue
-        usable.append((manifest.build_time.timestamp(), directory))
-    if not usable:
-        raise EngineDirError(
-            f"no {canonical} {precision} engines for TensorRT-LLM {trtllm_version} on "
-            f"{gpu_name or 'this GPU'} under {engines_root}; build them first "
-            f"(`modal run whisperwire_modal.py::build_engines --model {model} "
-            f"--precision {precision}`)"
-        )
-    return max(usable)[1]
-
-
-def _build_dirs(engines_root: Path) -> list[Path]:
-    if not engines_root.is_dir():
-        return []
-    # Hidden entries are engine_builder's staging directories, never finished builds.
-    return sorted(
-        p
-        for p in engines_root.iterdir()
-        if not p.name.startswith(".") and (p / MANIFEST_NAME).is_file()
-    )
 
 
 def container_settings(engine_dir: Path, *, port: int, grace: float) -> ServerSettings:

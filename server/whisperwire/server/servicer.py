@@ -42,13 +42,14 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         context: grpc.aio.ServicerContext[pb.TranscribeRequest, pb.TranscribeResponse],
     ) -> pb.TranscribeResponse:
         started = time.perf_counter()
-        request_id.set(request.request_id or uuid.uuid4().hex)
+        call_id = request.request_id or uuid.uuid4().hex
+        request_id.set(call_id)
         self.state.check_serving()
         options = self.pipeline.validate(convert.decode_options(request.config, self.settings))
         transcript = await self._transcribe(request, options)
         self.metrics.observe_transcript("Transcribe", time.perf_counter() - started, transcript)
         response = pb.TranscribeResponse(
-            request_id=request_id.get(),
+            request_id=call_id,
             transcript=convert.transcript(transcript),
             model=self.pipeline.engine.model,
         )

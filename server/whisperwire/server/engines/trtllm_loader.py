@@ -9,13 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engine_builder import (
-    EngineDirError,
-    Manifest,
-    check_engine_dir,
-    installed_trtllm_version,
-    load_manifest,
-)
+from engine_builder.errors import EngineDirError
+from engine_builder.manifest import Manifest, check_engine_dir, load_manifest
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engines.trtllm import EngineConfig, TrtLlmEngine
 from whisperwire.server.errors import ConfigurationError, ModelNotFoundError
@@ -72,8 +67,7 @@ def _import_trtllm() -> tuple[Any, str]:
             f"engine=trtllm needs TensorRT-LLM 1.2.1 (CUDA 13) on an NVIDIA GPU: {INSTALL_HINT} "
             f"({error})"
         ) from error
-    version = installed_trtllm_version() or str(tensorrt_llm.__version__)
-    return ModelRunnerCpp, version
+    return ModelRunnerCpp, str(tensorrt_llm.__version__)
 
 
 def _checked_manifest(engine_dir: Path, trtllm_version: str) -> Manifest:

@@ -230,7 +230,13 @@ class WhisperDecoder:
         self._decode_step(rows, length, temperature)
 
     def _decode_step(self, rows: int, length: int, temperature: float = 0.0) -> None:
-        """Feed each row's current token at slot `step` (< length), then select the next one."""
+        """Feed each row's current token, then select the next one."""
+        self._first_logits = None
+        self._choose(self.feed(rows, length), rows, temperature)
+
+    def feed(self, rows: int, length: int) -> Tensor:
+        """Each row's current token at slot `step` (< length) through the decoder; the
+        next-token logits [rows, vocab]."""
         st = self.state
         pad = st.pad[:rows]
         slots = self._slots[:length]
@@ -244,8 +250,7 @@ class WhisperDecoder:
             allowed[:, None, None, :],
         )
         st.step.add_(1)
-        self._first_logits = None
-        self._choose(logits(self.model, hidden[:, 0]), rows, temperature)
+        return logits(self.model, hidden[:, 0])
 
     def _select(self, rows: int, temperature: float) -> None:
         """The first sampled token, from the prefill's logits."""
@@ -360,7 +365,7 @@ class _BeamSearch:
             if all(len(done) >= k for done in finished) or not sources:
                 break
             self._reorder(sources, tokens)
-            logits_now = self._feed(rows, d._length(max(len(p) for p in prompts) + step + 1))
+            logits_now = d.feed(rows, d._length(max(len(p) for p in prompts) + step + 1))
         probs = no_speech_probs.tolist() if no_speech_probs is not None else None
         return [
             self._best(
@@ -435,22 +440,6 @@ class _BeamSearch:
         st.last_timestamp[:rows] = torch.where(is_timestamp, chosen, st.last_timestamp[:rows])
         st.token[:rows] = chosen
         st.sampled.add_(1)
-
-    def _feed(self, rows: int, length: int) -> Tensor:
-        d, st = self.d, self.d.state
-        pad = st.pad[:rows]
-        slots = d._slots[:length]
-        allowed = (slots[None, :] >= pad[:, None]) & (slots[None, :] <= st.step)
-        hidden = decode_tokens(
-            d.model,
-            d.cache,
-            st.token[:rows, None],
-            (st.step - pad)[:, None],
-            st.step.view(1),
-            allowed[:, None, None, :],
-        )
-        st.step.add_(1)
-        return logits(d.model, hidden[:, 0])
 
     def _best(
         self,
