@@ -52,6 +52,10 @@ MINUTES = 60
 GPU = os.environ.get("WHISPERWIRE_MODAL_GPU", "L40S")
 MODEL = os.environ.get("WHISPERWIRE_MODAL_MODEL", "large-v3-turbo")
 PRECISION = os.environ.get("WHISPERWIRE_MODAL_PRECISION", "float16")
+# trtllm (the default: engines built into the Volume) or torch: the PyTorch engine serves the
+# OpenAI checkpoint straight from the Volume, no build: the quickest first deploy, and the
+# fallback when a TensorRT-LLM build fails.
+ENGINE = os.environ.get("WHISPERWIRE_ENGINE", "trtllm")
 # Tunnel servers kept up at all times (each with its own address in the registry).
 REPLICAS = int(os.environ.get("WHISPERWIRE_MODAL_REPLICAS", "1"))
 # The Dict where tunnel servers register; the smoke test and benchmark use their own.
@@ -60,6 +64,7 @@ SETTINGS_ENV: dict[str, str | None] = {
     "WHISPERWIRE_MODAL_GPU": GPU,
     "WHISPERWIRE_MODAL_MODEL": MODEL,
     "WHISPERWIRE_MODAL_PRECISION": PRECISION,
+    "WHISPERWIRE_ENGINE": ENGINE,
     "WHISPERWIRE_MODAL_REGISTRY": REGISTRY,
 }
 
@@ -68,6 +73,8 @@ SMOKE_APP = f"{APP_NAME}-smoke"
 BENCHMARK_APP = f"{APP_NAME}-benchmark"
 
 GRPC_PORT = 50051
+# The OpenAI-compatible HTTP API of the `HttpApi` server class (Modal's proxy adds TLS).
+HTTP_PORT = 8000
 # Seconds an open stream gets to finish on shutdown (the server's grace period).
 DRAIN_SECONDS = 20
 ENGINE_LOAD_TIMEOUT = 20 * MINUTES
@@ -161,8 +168,14 @@ def build_engines(model: str = MODEL, precision: str = PRECISION, gpu: str = GPU
     return {"engine_dir": str(result.engine_dir), "built": result.built}
 
 
-def serving_settings() -> ServerSettings:
-    """Settings for this container: the newest matching engine build on the Volume."""
+def serving_settings(http_port: int | None = None) -> ServerSettings:
+    """Settings for this container: the newest matching engine build on the Volume, or with
+    WHISPERWIRE_ENGINE=torch the OpenAI checkpoint itself (downloaded once into the Volume)."""
+    if ENGINE == "torch":
+        checkpoint = engine_volume.fetch_checkpoint(Path(VOLUME_PATH), MODEL, commit=volume.commit)
+        return deploy.container_settings(
+            None, port=GRPC_PORT, grace=DRAIN_SECONDS, checkpoint=checkpoint, http_port=http_port
+        )
     engine_dir = engine_volume.find_engine_dir(
         Path(VOLUME_PATH, engine_volume.ENGINES_DIR),
         MODEL,
@@ -170,7 +183,9 @@ def serving_settings() -> ServerSettings:
         trtllm_version=installed_trtllm_version() or TENSORRT_LLM_VERSION,
         gpu_name=detect_gpu_name(),
     )
-    return deploy.container_settings(engine_dir, port=GRPC_PORT, grace=DRAIN_SECONDS)
+    return deploy.container_settings(
+        engine_dir, port=GRPC_PORT, grace=DRAIN_SECONDS, http_port=http_port
+    )
 
 
 # ## Serving through a tunnel
@@ -259,6 +274,50 @@ class GrpcServer:
     @modal.exit()
     def stop(self) -> None:
         self.server.stop(DRAIN_SECONDS)
+
+
+# ## The OpenAI-compatible HTTP API, over TLS (unverified)
+#
+# The same server also speaks OpenAI's audio API over HTTP/1.1 (`--http-port`), which Modal's
+# web proxy carries as it is: `@app.server` without `h2_enabled` gives a stable HTTPS URL
+# (`https://<workspace>--whisperwire-httpapi.<region>.modal.direct`, printed by `modal deploy`)
+# whose TLS ends at Modal's proxy, which forwards plain HTTP to `HTTP_PORT` in the container.
+# Modal's proxy authentication is off; the server's bearer token is not, and OpenAI's SDKs
+# send it as their API key (`OpenAI(base_url=<url>/v1, api_key=$WHISPERWIRE_TOKEN)`).
+
+
+@app.server(
+    image=image,
+    gpu=GPU,
+    volumes={VOLUME_PATH: volume},
+    secrets=[token_secret],
+    env=SETTINGS_ENV,
+    port=HTTP_PORT,
+    unauthenticated=True,
+    startup_timeout=ENGINE_LOAD_TIMEOUT,
+    exit_grace_period=DRAIN_SECONDS + 10,
+    target_concurrency=16,
+    min_containers=0,
+    max_containers=4,
+)
+class HttpApi:
+    @modal.enter()
+    def start(self) -> None:
+        self.server = serve_http_api()
+
+    @modal.exit()
+    def stop(self) -> None:
+        self.server.stop(DRAIN_SECONDS)
+
+
+def serve_http_api() -> deploy.BackgroundServer:
+    """The server with its HTTP API on `HTTP_PORT`, token required, started and warm."""
+    settings = serving_settings(http_port=HTTP_PORT)
+    deploy.require_token(settings)
+    engine, tokenizer = load_engine(settings)
+    server = deploy.BackgroundServer(settings, engine, tokenizer)
+    server.start()
+    return server
 
 
 # ## Smoke test: `modal run whisperwire_modal.py::smoke`

@@ -23,5 +23,6 @@ run benchmarks.service_latency
 run benchmarks.stream_capacity
 run benchmarks.scaling
 run benchmarks.batch_memory
+run benchmarks.http_vs_grpc
 run benchmarks.summary
 run benchmarks.plot

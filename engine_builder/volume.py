@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine_builder.build import build_engines
+from engine_builder.build import build_engines, fetch_inputs
 from engine_builder.catalog import resolve_model
 from engine_builder.errors import EngineDirError
 from engine_builder.manifest import MANIFEST_NAME, check_engine_dir, load_manifest
@@ -53,6 +53,19 @@ def build_into_volume(
         # Serving containers see the Volume as last committed when they start.
         commit()
     return EngineBuild(engine_dir, built)
+
+
+def fetch_checkpoint(volume_root: Path, model: str, *, commit: Callable[[], None]) -> Path:
+    """The verified OpenAI checkpoint of `model` in `<volume_root>/checkpoints/`, with its
+    tokenizer beside it (what `--engine torch` serves from): downloaded and committed the first
+    time, reused after."""
+    whisper = resolve_model(model)
+    download_dir = volume_root / CHECKPOINTS_DIR
+    missing = not all((download_dir / remote.name).is_file() for remote in whisper.files)
+    files = fetch_inputs(whisper, download_dir)
+    if missing:
+        commit()
+    return files[whisper.checkpoint.name]
 
 
 def _build_names(engines_root: Path) -> set[str]:

@@ -170,9 +170,9 @@ async def test_metrics_endpoint(tiny_engine: Tiny) -> None:
         "whisperwire_queue_depth",
         "whisperwire_batch_size_count",
         "whisperwire_engine_seconds_bucket",
-        'whisperwire_request_seconds_count{method="Transcribe"}',
-        'whisperwire_real_time_factor_count{method="Transcribe"}',
-        'whisperwire_requests_total{code="OK",method="StreamAudio"}',
+        'whisperwire_request_seconds_count{method="Transcribe",protocol="grpc"}',
+        'whisperwire_real_time_factor_count{method="Transcribe",protocol="grpc"}',
+        'whisperwire_requests_total{code="OK",method="StreamAudio",protocol="grpc"}',
         'whisperwire_engine_info{device="cpu",dtype="float32",engine="ctranslate2",'
         'model="tiny.en"} 1.0',
     ):

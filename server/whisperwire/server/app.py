@@ -24,6 +24,8 @@ from whisperwire.server.config import ServerSettings
 from whisperwire.server.domain import DecodeOptions
 from whisperwire.server.engine import Engine
 from whisperwire.server.errors import ConfigurationError as ConfigurationError  # re-exported
+from whisperwire.server.http.app import HttpServer, listen
+from whisperwire.server.http.routes import AudioApi
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.outcomes import OutcomeInterceptor
 from whisperwire.server.pipeline import SpeechPipeline
@@ -99,6 +101,12 @@ class RunningServer:
     health: health_aio.HealthServicer
     metrics: Metrics
     pipeline: SpeechPipeline
+    http: HttpServer | None = None
+    """The OpenAI-compatible HTTP API, when --http-port is set."""
+
+    @property
+    def http_port(self) -> int | None:
+        return None if self.http is None else self.http.port
 
     async def warm_up(self) -> None:
         """One real decode before reporting SERVING (catches a broken engine early)."""
@@ -121,7 +129,10 @@ class RunningServer:
         log.info("draining: %d open streams", len(self.state.streams))
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.state.drain()
-        await self.server.stop(grace)
+        stopping = [self.server.stop(grace)]
+        if self.http is not None:
+            stopping.append(self.http.stop(grace))
+        await asyncio.gather(*stopping)
         await self.scheduler.stop()
 
     async def _set_health(self, status: int) -> None:
@@ -148,6 +159,10 @@ async def start_server(
         max_batch_size=settings.batching.max_batch_size,
         max_wait=settings.batching.batch_wait_ms / 1000,
         max_queue=settings.batching.max_queue,
+        bulk_batch_size=settings.batching.bulk_batch_size,
+        bulk_share=settings.batching.bulk_share,
+        interactive_first=settings.batching.interactive_first,
+        latency_target=settings.batching.latency_target_seconds,
         metrics=metrics,
     )
     scheduler.start()
@@ -172,19 +187,40 @@ async def start_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = _listen(server, settings)
+    http = _http_server(settings, pipeline, state, metrics)
     if settings.network.metrics_port is not None:
         start_http_server(
             settings.network.metrics_port, addr=settings.network.host, registry=metrics.registry
         )
-    running = RunningServer(server, port, state, scheduler, health_servicer, metrics, pipeline)
+    running = RunningServer(
+        server, port, state, scheduler, health_servicer, metrics, pipeline, http
+    )
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    if http is not None:
+        await http.start()
     if warm_up:
         await running.warm_up()
     else:
         state.ready = True
         await running._set_health(health_pb2.HealthCheckResponse.SERVING)
     return running
+
+
+def _http_server(
+    settings: ServerSettings, pipeline: SpeechPipeline, state: ServerState, metrics: Metrics
+) -> HttpServer | None:
+    """The OpenAI-compatible API over the same pipeline (so HTTP and gRPC work is batched
+    together), the same token and limits; bound now, started with the gRPC server."""
+    network = settings.network
+    if network.http_port is None:
+        return None
+    return HttpServer(
+        AudioApi(pipeline, state, metrics),
+        listen(network.host, network.http_port),
+        token=network.token.get_secret_value() if network.token else None,
+        max_request_bytes=settings.limits.max_request_bytes,
+    )
 
 
 def _listen(server: grpc.aio.Server, settings: ServerSettings) -> int:
@@ -217,9 +253,10 @@ async def serve(settings: ServerSettings) -> None:
     check_exposure(settings)
     engine, tokenizer = await asyncio.to_thread(load_engine, settings)
     running = await start_server(settings, engine, tokenizer)
+    http = "" if running.http_port is None else f", OpenAI HTTP API on port {running.http_port}"
     print(
         f"whisperwire serving {engine.info.model} ({engine.info.name}, {engine.info.device}) "
-        f"on {settings.network.host}:{running.port}",
+        f"on {settings.network.host}:{running.port}{http}",
         flush=True,
     )
     stop = asyncio.Event()

@@ -1,4 +1,5 @@
-"""Bearer-token authentication as a server interceptor (constant-time comparison)."""
+"""Bearer-token authentication: a gRPC server interceptor, and the comparison the HTTP API
+shares (constant time)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
                 given = value.encode() if isinstance(value, str) else value
                 return hmac.compare_digest(given, self._expected)
         return False
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Whether an `authorization` header value is exactly `Bearer <token>`."""
+    return hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
 
 
 def _deny(handler: Handler) -> Handler:

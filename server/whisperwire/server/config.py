@@ -60,6 +60,20 @@ class BatchingSettings(_Group):
     engine is busy is batched anyway, so the default adds no latency."""
     max_queue: int = Field(default=512, ge=1)
     """Queued engine work items beyond which calls get RESOURCE_EXHAUSTED."""
+    interactive_first: bool = True
+    """Run streams' finals and partials ahead of bulk work (Transcribe files) that arrived
+    earlier; off, all work runs in arrival order."""
+    bulk_batch_size: int | None = Field(default=None, ge=1)
+    """Most bulk windows per engine call (unset: max_batch_size). A stream's final that
+    arrives during a bulk call waits for that call: smaller bounds that wait on engines that
+    run a batch whole (CTranslate2 on CPU gains little from bigger batches)."""
+    bulk_share: float = Field(default=0.2, gt=0, lt=1)
+    """Least share of engine time bulk work gets while interactive work waits too, so files
+    are never starved by streams."""
+    latency_target_seconds: float | None = Field(default=None, gt=0)
+    """Refuse new streams and Transcribe calls with RESOURCE_EXHAUSTED (and a retry delay)
+    while the engine queue would make their work wait longer than this; unset admits all
+    (up to max_queue)."""
 
 
 class LimitSettings(_Group):
@@ -75,7 +89,8 @@ class LimitSettings(_Group):
     max_chunk_bytes: int = 64 * 1024
     """Largest audio chunk of a stream."""
     max_request_bytes: int = 32 * MiB
-    """gRPC receive limit; raised above the 4 MiB default for unary files."""
+    """Largest unary request: the gRPC receive limit (raised above its 4 MiB default for
+    files) and the HTTP API's upload limit."""
     max_audio_seconds: float = 3 * 3600.0
     """Longest audio of one Transcribe call."""
     max_utterance_seconds: float = 600.0
@@ -89,6 +104,9 @@ class NetworkSettings(_Group):
     """gRPC port; 0 picks a free one."""
     metrics_port: int | None = None
     """Prometheus /metrics HTTP port; unset disables it."""
+    http_port: int | None = None
+    """OpenAI-compatible HTTP API port (same host, token and limits as gRPC); unset disables
+    it, 0 picks a free one."""
     token: SecretStr | None = None
     """Bearer token ('authorization: Bearer TOKEN') required on every call when set."""
     grace_seconds: float = 30.0

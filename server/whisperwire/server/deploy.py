@@ -294,21 +294,36 @@ def _stop_then_interrupt(stop: Callable[[], None]) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
 
-def container_settings(engine_dir: Path, *, port: int, grace: float) -> ServerSettings:
-    """Settings of a GPU container: TensorRT-LLM engines, all interfaces, token from the env.
+def container_settings(
+    engine_dir: Path | None,
+    *,
+    port: int,
+    grace: float,
+    checkpoint: Path | None = None,
+    http_port: int | None = None,
+) -> ServerSettings:
+    """Settings of a GPU container, all interfaces, token from the env: TensorRT-LLM engines
+    from `engine_dir`, or (given `checkpoint`) the torch engine on an OpenAI checkpoint; the
+    OpenAI-compatible HTTP API too when `http_port` is given.
 
     Every other WHISPERWIRE_* variable (e.g. in the Secret) still applies. The per-client
     stream limit is off unless set there: every caller arrives through Modal's relay, so all
     would share one client address.
     """
+    engine: dict[str, Any] = (
+        {"engine": "torch", "model": str(checkpoint)}
+        if checkpoint is not None
+        else {"engine": "trtllm", "engine_dir": engine_dir}
+    )
     overrides: dict[str, Any] = {
-        "engine": "trtllm",
-        "engine_dir": engine_dir,
+        **engine,
         "device": "cuda",
         "host": "0.0.0.0",
         "port": port,
         "grace_seconds": grace,
     }
+    if http_port is not None:
+        overrides["http_port"] = http_port
     if "WHISPERWIRE_MAX_STREAMS_PER_CLIENT" not in os.environ:
         overrides["max_streams_per_client"] = 0
     return ServerSettings(**overrides)

@@ -57,6 +57,7 @@ class Segment:
     language: str | None = None
     language_probability: float | None = None
     channel: int | None = None  # 0-based, when channels are transcribed separately
+    temperature: float | None = None  # of the decode that produced it (fallback may raise it)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Prometheus metrics of one server instance (own registry, so tests can run many servers)."""
+"""Prometheus metrics of one server instance (own registry, so tests can run many servers).
+
+Per-call metrics carry a `protocol` label (`grpc` or `http`): both fronts share the engine,
+so one dashboard shows them side by side. `code` is the gRPC status name or the HTTP status.
+"""
 
 from __future__ import annotations
 
@@ -33,24 +37,27 @@ class Metrics:
         self.request_seconds = Histogram(
             "whisperwire_request_seconds",
             "Time from request (or push-to-talk release) to result",
-            ["method"],
+            ["protocol", "method"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.real_time_factor = Histogram(
             "whisperwire_real_time_factor",
             "Processing seconds per second of audio",
-            ["method"],
+            ["protocol", "method"],
             buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
             registry=r,
         )
         self.audio_seconds = Counter(
-            "whisperwire_audio_seconds", "Seconds of audio transcribed", ["method"], registry=r
+            "whisperwire_audio_seconds",
+            "Seconds of audio transcribed",
+            ["protocol", "method"],
+            registry=r,
         )
         self.requests = Counter(
             "whisperwire_requests",
-            "Finished calls by method and code",
-            ["method", "code"],
+            "Finished calls by protocol, method and code",
+            ["protocol", "method", "code"],
             registry=r,
         )
         self.active_streams = Gauge(
@@ -63,9 +70,14 @@ class Metrics:
         labels = {"engine": info.name, "model": info.model, "device": device}
         self.engine.info(labels | {"dtype": dtype or "default"})
 
-    def observe_transcript(self, method: str, elapsed: float, transcript: Transcript) -> None:
+    def observe_transcript(
+        self, protocol: str, method: str, elapsed: float, transcript: Transcript
+    ) -> None:
         """A transcript delivered `elapsed` seconds after its request arrived."""
-        self.request_seconds.labels(method).observe(elapsed)
-        self.audio_seconds.labels(method).inc(transcript.duration)
+        self.request_seconds.labels(protocol, method).observe(elapsed)
+        self.audio_seconds.labels(protocol, method).inc(transcript.duration)
         if transcript.duration > 0:
-            self.real_time_factor.labels(method).observe(elapsed / transcript.duration)
+            self.real_time_factor.labels(protocol, method).observe(elapsed / transcript.duration)
+
+    def count_call(self, protocol: str, method: str, code: str) -> None:
+        self.requests.labels(protocol, method, code).inc()

@@ -103,7 +103,7 @@ class _Outcome:
     def succeed(self, started: float) -> None:
         if self.metrics is None:
             return
-        self.metrics.requests.labels(self.method, "OK").inc()
+        self.metrics.count_call("grpc", self.method, "OK")
         log.info(
             "%s ok in %.3f s",
             self.method,
@@ -133,7 +133,7 @@ class _Outcome:
     def _count(self, error: WhisperwireError, started: float) -> None:
         code = code_for(error)
         if self.metrics is not None:
-            self.metrics.requests.labels(self.method, code.name).inc()
+            self.metrics.count_call("grpc", self.method, code.name)
         log.warning(
             "%s failed in %.3f s: %s %s: %s",
             self.method,

@@ -110,11 +110,17 @@ class SpeechPipeline:
             )
         return options
 
+    def admit(self, priority: Priority) -> None:
+        """Refuse (BusyError) new work of `priority` that the engine could not start within
+        its latency target; fronts call it before accepting a request or a stream."""
+        self.runner.admit(priority)
+
     # ---- entry points: validated options ----------------------------------------------
     async def transcribe_bytes(
-        self, data: bytes, options: DecodeOptions, *, priority: Priority = Priority.FINAL
+        self, data: bytes, options: DecodeOptions, *, priority: Priority = Priority.BULK
     ) -> Transcript:
-        """Transcribe an audio file held in memory (any container PyAV reads)."""
+        """Transcribe an audio file held in memory (any container PyAV reads); files are bulk
+        work unless the caller says otherwise."""
         decode = partial(
             audio_io.decode_audio_channels if options.separate_channels else _as_one_channel,
             data,
@@ -128,9 +134,9 @@ class SpeechPipeline:
         layout: tuple[audio_io.PcmEncoding, int, int],
         options: DecodeOptions,
         *,
-        priority: Priority = Priority.FINAL,
+        priority: Priority = Priority.BULK,
     ) -> Transcript:
-        """Transcribe raw interleaved PCM of (encoding, sample rate, channels)."""
+        """Transcribe raw interleaved PCM of (encoding, sample rate, channels): bulk work."""
         decode = partial(
             audio_io.decode_pcm_channels if options.separate_channels else _pcm_as_one_channel,
             data,
@@ -371,6 +377,7 @@ class SpeechPipeline:
                 text,
                 avg_logprob=d.avg_logprob,
                 no_speech_prob=d.generation.no_speech_prob,
+                temperature=d.temperature,
                 words=tuple(part_words),
                 language=language,
                 language_probability=probability,

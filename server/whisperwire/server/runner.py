@@ -24,10 +24,17 @@ T = TypeVar("T")
 
 
 class Priority(IntEnum):
-    """Lower runs first: a final someone waits for beats a partial that may be superseded."""
+    """Lower runs first: a final someone waits for beats a partial that may be superseded, and
+    both (interactive work, a stream's) beat bulk work: files and long audio, which no one
+    watches word by word."""
 
     FINAL = 0
     PARTIAL = 1
+    BULK = 2
+
+    @property
+    def interactive(self) -> bool:
+        return self is not Priority.BULK
 
 
 class Runner(Protocol):
@@ -53,6 +60,9 @@ class Runner(Protocol):
         *,
         priority: Priority,
     ) -> tuple[list[Alignment], EngineTime]: ...
+
+    def admit(self, priority: Priority) -> None:
+        """Raise BusyError when new work of `priority` would wait past the latency target."""
 
 
 class DirectRunner:
@@ -100,6 +110,9 @@ class DirectRunner:
         if aligner is None:
             raise RuntimeError(f"the {self._engine.info.name} engine cannot align words")
         return await self._run(partial(aligner.align, features, prompts, text_tokens, num_frames))
+
+    def admit(self, priority: Priority) -> None:
+        """One caller at a time has no latency target to keep: everyone waits their turn."""
 
     async def _run(self, call: Callable[[], T]) -> tuple[T, EngineTime]:
         queued = time.perf_counter()

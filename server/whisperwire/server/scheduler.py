@@ -2,7 +2,9 @@
 
 All engine calls happen on one dedicated thread, in order (ModelRunnerCpp.generate is not safe
 to call concurrently). Callers await futures; a caller that goes away cancels its futures, and
-cancelled work is dropped before it reaches the engine.
+cancelled work is dropped before it reaches the engine. Which work goes next is the queue
+policy's (queue_policy.py): interactive first, bulk in a bounded share. With a latency target,
+new work that would wait past it is refused at once (admit) instead of being served late.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from whisperwire.server.engine import (
 )
 from whisperwire.server.errors import BusyError, EngineError
 from whisperwire.server.metrics import Metrics
+from whisperwire.server.queue_policy import QueuePolicy
 from whisperwire.server.runner import Priority
 
 log = logging.getLogger(__name__)
@@ -65,12 +68,23 @@ class BatchScheduler:
         max_batch_size: int | None = None,
         max_wait: float = 0.0,
         max_queue: int = 512,
+        bulk_batch_size: int | None = None,
+        bulk_share: float = 0.2,
+        interactive_first: bool = True,
+        latency_target: float | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
         self.max_batch_size = min(
             max_batch_size or engine.info.max_batch_size, engine.info.max_batch_size
         )
+        self.policy = QueuePolicy(
+            self.max_batch_size,
+            min(bulk_batch_size or self.max_batch_size, self.max_batch_size),
+            bulk_share,
+            interactive_first,
+        )
+        self.latency_target = latency_target
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.metrics = metrics or Metrics()
@@ -81,6 +95,8 @@ class BatchScheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task[None] | None = None
         self._batch_seconds = 0.5  # running estimate, for RetryInfo
+        self._window_seconds = 0.5  # running estimate of engine seconds per queued window
+        self._running: tuple[float, float] | None = None  # the engine call's start, estimate
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -168,6 +184,29 @@ class BatchScheduler:
         spent = EngineTime(first_start - now, max(o.finished for o in outcomes) - first_start)
         return list(outcomes), spent
 
+    def admit(self, priority: Priority) -> None:
+        wait = self.expected_wait(priority)
+        if self.latency_target is not None and wait > self.latency_target:
+            raise BusyError(
+                f"the engine is {wait:.1f} s behind, over its latency target of "
+                f"{self.latency_target:g} s",
+                retry_after=max(0.1, wait - self.latency_target),
+            )
+
+    def expected_wait(self, priority: Priority) -> float:
+        """Seconds new work of `priority` would wait before its engine call starts: what is
+        left of the running call and the queued windows that would run first."""
+        ahead = sum(
+            1
+            for w in self._pending
+            if not w.future.done() and (w.priority.interactive or not priority.interactive)
+        )
+        left = 0.0
+        if self._running is not None:
+            started, estimate = self._running
+            left = max(0.0, estimate - (time.perf_counter() - started))
+        return left + ahead * self._window_seconds
+
     def _retry_after(self) -> float:
         batches_ahead = len(self._pending) / max(1, self.max_batch_size)
         return max(0.1, batches_ahead * self._batch_seconds)
@@ -198,12 +237,11 @@ class BatchScheduler:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
 
     def _take_batch(self) -> list[_Work]:
-        live = sorted(w for w in self._pending if not w.future.done())
+        live = [w for w in self._pending if not w.future.done()]
         if not live:
             self._pending.clear()
             return []
-        key = live[0].key  # most urgent, oldest first
-        batch = [w for w in live if w.key == key][: self.max_batch_size]
+        batch = self.policy.next_batch(live)
         taken = {id(w) for w in batch}
         self._pending = [w for w in live if id(w) not in taken]
         return batch
@@ -212,6 +250,7 @@ class BatchScheduler:
         call = self._engine_call(batch)
         kind = _KINDS.get(batch[0].key, "generate")
         started = time.perf_counter()
+        self._running = (started, len(batch) * self._window_seconds)
         try:
             results = await asyncio.get_running_loop().run_in_executor(self._executor, call)
         except Exception as exc:  # only this batch's callers fail; the loop keeps serving
@@ -221,8 +260,10 @@ class BatchScheduler:
                 if not w.future.done():
                     w.future.set_exception(error)
             return
+        finally:
+            self._running = None
         finished = time.perf_counter()
-        self._observe(kind, len(batch), finished - started)
+        self._observe(kind, batch, finished - started)
         for w, value in zip(batch, results, strict=True):
             if not w.future.done():
                 w.future.set_result(_Outcome(value, started, finished))
@@ -249,7 +290,10 @@ class BatchScheduler:
         frames = [n for _, n in texts]
         return lambda: list(aligner.align(features, prompts, tokens, frames))
 
-    def _observe(self, kind: str, size: int, seconds: float) -> None:
+    def _observe(self, kind: str, batch: list[_Work], seconds: float) -> None:
+        size = len(batch)
+        self.policy.ran(batch, seconds)
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+        self._window_seconds = 0.8 * self._window_seconds + 0.2 * seconds / size
         self.metrics.batch_size.observe(size)
         self.metrics.engine_seconds.labels(kind).observe(seconds)

@@ -16,6 +16,7 @@ from whisperwire.server.errors import EmptyAudioError
 from whisperwire.server.logs import request_id
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.pipeline import SpeechPipeline
+from whisperwire.server.runner import Priority
 from whisperwire.server.state import ServerState
 from whisperwire.server.stream_call import StreamCall, client_address
 from whisperwire.v1 import transcription_service_pb2 as pb
@@ -45,9 +46,11 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         call_id = request.request_id or uuid.uuid4().hex
         request_id.set(call_id)
         self.state.check_serving()
+        self.pipeline.admit(Priority.BULK)
         options = self.pipeline.validate(convert.decode_options(request.config, self.settings))
         transcript = await self._transcribe(request, options)
-        self.metrics.observe_transcript("Transcribe", time.perf_counter() - started, transcript)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_transcript("grpc", "Transcribe", elapsed, transcript)
         response = pb.TranscribeResponse(
             request_id=call_id,
             transcript=convert.transcript(transcript),

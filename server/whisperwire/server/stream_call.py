@@ -20,6 +20,7 @@ from whisperwire.server.errors import (
 from whisperwire.server.logs import request_id
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.pipeline import SpeechPipeline
+from whisperwire.server.runner import Priority
 from whisperwire.server.session import EndReason, StreamSession
 from whisperwire.server.state import ServerState
 from whisperwire.v1 import transcription_service_pb2 as pb
@@ -78,6 +79,7 @@ class StreamCall:
 
     def _check_admission(self) -> None:
         self.state.check_serving()
+        self.pipeline.admit(Priority.FINAL)  # the stream's finals would wait this long
         s = self.settings
         if len(self.state.streams) >= s.limits.max_streams:
             raise BusyError(

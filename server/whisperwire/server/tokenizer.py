@@ -62,6 +62,13 @@ _LANGUAGE_ALIASES: Final = {
 }  # fmt: skip
 _CODE_BY_NAME: Final = {name: code for code, name in _LANGUAGE_NAMES} | _LANGUAGE_ALIASES
 _KNOWN_CODES: Final = frozenset(code for code, _ in _LANGUAGE_NAMES)
+_NAME_BY_CODE: Final = dict(_LANGUAGE_NAMES)
+
+
+def language_name(code: str) -> str:
+    """Whisper's English name of a language code ("en" -> "english"); unknown codes as given."""
+    return _NAME_BY_CODE.get(code, code)
+
 
 N_TIMESTAMPS: Final = 1501  # <|0.00|> ... <|30.00|>
 SECONDS_PER_TIMESTAMP: Final = 0.02
