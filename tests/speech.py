@@ -83,13 +83,23 @@ def white_noise(seconds: float, level: float = 0.05, seed: int = 0) -> npt.NDArr
 
 
 def to_wav_bytes(samples: npt.NDArray[np.float32], rate: int = SAMPLE_RATE) -> bytes:
+    """A 16-bit WAV file; `samples` is mono, or (frames, channels) for several channels."""
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
+        out.setnchannels(1 if samples.ndim == 1 else samples.shape[1])
         out.setsampwidth(2)
         out.setframerate(rate)
         out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
     return buffer.getvalue()
+
+
+def side_by_side(*channels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """(frames, channels): each clip on its own channel, the shorter ones padded with silence."""
+    frames = max(len(c) for c in channels)
+    out = np.zeros((frames, len(channels)), dtype=np.float32)
+    for i, samples in enumerate(channels):
+        out[: len(samples), i] = samples
+    return out
 
 
 def to_s16le(samples: npt.NDArray[np.float32]) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 import srt
 import webvtt
 
-from tests.speech import HESTER, JFK, NIGHTFALL, wer
+from tests.speech import HESTER, JFK, NIGHTFALL, load_pcm16k, side_by_side, to_wav_bytes, wer
 from whisperwire.server.app import RunningServer, start_server
 from whisperwire.server.config import ServerSettings
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
@@ -122,6 +122,57 @@ async def test_srt_and_vtt_parse_and_run_forward(tiny_target: str) -> None:
     assert srt_times == vtt_times
     assert wer(JFK.reference, " ".join(s.content for s in subtitles)) <= 0.1
     assert wer(JFK.reference, " ".join(c.text for c in captions)) <= 0.1
+
+
+async def test_json_carries_timed_segments_by_default(tiny_target: str) -> None:
+    run = await whisperwire(
+        "transcribe", str(JFK.path), "--server", tiny_target, "--format", "json"
+    )
+    [data] = run.json_lines()
+    segments = data["segments"]
+    assert isinstance(segments, list) and len(segments) >= 2  # phrases, not one 11 s window
+    assert segments[0]["end"] < 11.0
+
+
+async def test_word_timestamps_in_json_srt_and_vtt(tiny_target: str) -> None:
+    jfk = ("transcribe", str(JFK.path), "--server", tiny_target, "--word-timestamps", "--format")
+    as_json, as_srt, as_vtt = [await whisperwire(*jfk, f) for f in ("json", "srt", "vtt")]
+    assert as_json.code == as_srt.code == as_vtt.code == 0, as_json.stderr
+    [data] = as_json.json_lines()
+    segments = data["segments"]
+    assert isinstance(segments, list)
+    words = [w for s in segments for w in s["words"]]
+    assert len(words) == len(str(data["text"]).split())
+    assert all(w["start"] <= w["end"] and 0 < w["probability"] <= 1 for w in words)
+
+    cues = list(srt.parse(as_srt.stdout))  # one cue per word
+    assert [c.content for c in cues] == [w["text"].strip() for w in words]
+    assert cues[0].start.total_seconds() == words[0]["start"]
+
+    captions = webvtt.from_string(as_vtt.stdout).captions  # a cue per segment, words inline
+    assert len(captions) == len(segments)
+    assert "<00:00:0" in captions[0].raw_text
+
+
+async def test_separate_channels_flag(tiny_target: str, tmp_path: Path) -> None:
+    stereo = tmp_path / "call.wav"
+    stereo.write_bytes(to_wav_bytes(side_by_side(load_pcm16k(JFK), load_pcm16k(NIGHTFALL))))
+    run = await whisperwire(
+        "transcribe",
+        str(stereo),
+        "--server",
+        tiny_target,
+        "--separate-channels",
+        "--format",
+        "json",
+    )
+    assert run.code == 0, run.stderr
+    [data] = run.json_lines()
+    segments = data["segments"]
+    assert isinstance(segments, list)
+    by_channel = {n: " ".join(s["text"] for s in segments if s["channel"] == n) for n in (0, 1)}
+    assert wer(JFK.reference, by_channel[0]) <= 0.1
+    assert wer(NIGHTFALL.reference, by_channel[1]) <= 0.1
 
 
 async def test_subtitles_for_several_files_go_to_an_output_dir(

@@ -109,6 +109,21 @@ async def test_verbose_json_has_language_duration_and_timed_segments(
         assert segment.compression_ratio > 0
 
 
+async def test_verbose_json_words(client: openai.AsyncOpenAI) -> None:
+    result = await client.audio.transcriptions.create(
+        model="whisper-1",
+        file=upload(JFK),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
+    words = result.words or []
+    assert " ".join(w.word for w in words) == result.text.strip()
+    times = [t for w in words for t in (w.start, w.end)]
+    assert times == sorted(times) and times[-1] <= result.duration
+    americans = next(w for w in words if "Americans" in w.word)
+    assert 1.5 <= americans.start <= 2.2
+
+
 async def test_srt_and_vtt_parse_with_the_same_cues(client: openai.AsyncOpenAI) -> None:
     as_srt, as_vtt = await asyncio.gather(
         client.audio.transcriptions.create(
@@ -234,8 +249,8 @@ BAD_INPUTS: dict[str, BadInput] = {
         {"response_format": "diarized_json"}, ("h.wav", HESTER.read()), TOKEN,
         (400, "unsupported_response_format", "response_format"),
     ),
-    "word timestamps": (
-        {"response_format": "verbose_json", "timestamp_granularities[]": "word"},
+    "word timestamps outside verbose_json": (
+        {"response_format": "json", "timestamp_granularities[]": "word"},
         ("h.wav", HESTER.read()), TOKEN,
         (400, "invalid_option", "timestamp_granularities[]"),
     ),

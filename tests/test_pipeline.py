@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -173,6 +175,13 @@ async def test_speech_spans_found_upstream_replace_the_detector(
 
 def test_options_are_normalised_once_by_validate(tiny_pipeline: SpeechPipeline) -> None:
     assert tiny_pipeline.validate(DecodeOptions(language="English")).language == "en"
+    assert tiny_pipeline.validate(DecodeOptions(word_timestamps=True)).word_timestamps
+    unaligned = SpeechPipeline(
+        tiny_pipeline.tokenizer,
+        replace(tiny_pipeline.engine, supports_word_timestamps=False),
+        tiny_pipeline.runner,
+    )
     with pytest.raises(InvalidOptionError) as raised:
-        tiny_pipeline.validate(DecodeOptions(word_timestamps=True))
+        unaligned.validate(DecodeOptions(word_timestamps=True))
     assert raised.value.field == "enable_word_timestamps"
+    assert "cannot time words" in str(raised.value)

@@ -76,7 +76,7 @@ async def test_service_info(tiny_channel: grpc.aio.Channel) -> None:
     info = await stub(tiny_channel).GetServiceInfo(pb.GetServiceInfoRequest())
     assert (info.model, info.engine) == ("tiny.en", "ctranslate2")
     assert list(info.tasks) == [pb.TASK_TRANSCRIBE]
-    assert info.supports_segment_timestamps and not info.supports_word_timestamps
+    assert info.supports_segment_timestamps and info.supports_word_timestamps
     assert info.limits.max_chunk_bytes > 0 and info.limits.max_request_bytes >= 32 * 1024 * 1024
 
 
@@ -230,9 +230,9 @@ async def test_config_only_once(tiny_channel: grpc.aio.Channel) -> None:
             None,
         ),  # type: ignore[arg-type]
         (
-            pb.StreamAudioConfig(recognition=pb.RecognitionConfig(enable_word_timestamps=True)),
+            pb.StreamAudioConfig(recognition=pb.RecognitionConfig(separate_channels=True)),
             "INVALID_OPTION",
-            "enable_word_timestamps",
+            "recognition.separate_channels",
         ),
         (
             pb.StreamAudioConfig(recognition=pb.RecognitionConfig(task=pb.TASK_TRANSLATE)),

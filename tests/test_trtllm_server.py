@@ -100,15 +100,21 @@ async def test_concurrent_unary_and_push_to_talk_calls_are_each_correct(
         assert wer(clip.reference, text) <= MAX_WER, (clip.name, text)
 
 
-async def test_segment_timestamps_are_refused_by_this_engine(channel: grpc.aio.Channel) -> None:
+@pytest.mark.parametrize("option", ["enable_segment_timestamps", "enable_word_timestamps"])
+async def test_timestamps_are_refused_by_this_engine(
+    channel: grpc.aio.Channel, option: str
+) -> None:
     request = pb.TranscribeRequest(
-        audio_content=JFK.read(), config=pb.RecognitionConfig(enable_segment_timestamps=True)
+        audio_content=JFK.read(),
+        config=pb.RecognitionConfig(**{option: True}),  # type: ignore[arg-type]
     )
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub(channel).Transcribe(request)
-    # docs/trtllm.md#generate: no timestamp rules in TensorRT-LLM, so none are offered.
+    # docs/trtllm.md#generate: no timestamp rules in TensorRT-LLM, so none are offered;
+    # ModelRunnerCpp returns no cross-attention, so no words can be timed either.
     assert error_info(raised.value)[:3] == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_OPTION",
-        ["enable_segment_timestamps"],
+        [option],
     )
+    assert "trtllm" in raised.value.details()

@@ -156,6 +156,8 @@ class RecognitionConfig(_message.Message):
     BEAM_SIZE_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     INCLUDE_TIMINGS_FIELD_NUMBER: _builtins.int
+    SEPARATE_CHANNELS_FIELD_NUMBER: _builtins.int
+    DETECT_LANGUAGE_PER_SEGMENT_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     """Spoken language as an ISO-639-1 code ("en") or a BCP-47 tag ("en-US"; the
     region is ignored). Empty means auto-detect; in a stream the language is
@@ -194,6 +196,21 @@ class RecognitionConfig(_message.Message):
     """Return ProcessingTimings (TranscribeResponse.timings,
     FinalResult.timings).
     """
+    separate_channels: _builtins.bool
+    """Transcribe every channel of multi-channel audio on its own instead of
+    their mono mix, e.g. a call recording with one speaker per channel. The
+    transcript then holds every channel's segments ordered by start time, each
+    with Segment.channel set; Transcript.text joins them in that order. Mono
+    audio is unaffected. StreamAudio rejects it with INVALID_ARGUMENT
+    (INVALID_OPTION).
+    """
+    detect_language_per_segment: _builtins.bool
+    """Detect the language of every decoding window (up to 30 s of speech)
+    instead of only the first, for audio that switches language. Each segment
+    then carries its own language and probability; Transcript.language is the
+    language spoken longest. Ignored when `language` is set or the model is
+    English-only.
+    """
     def __init__(
         self,
         *,
@@ -205,10 +222,12 @@ class RecognitionConfig(_message.Message):
         beam_size: _builtins.int = ...,
         temperature: _builtins.float | None = ...,
         include_timings: _builtins.bool = ...,
+        separate_channels: _builtins.bool = ...,
+        detect_language_per_segment: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "beam_size", b"beam_size", "enable_segment_timestamps", b"enable_segment_timestamps", "enable_word_timestamps", b"enable_word_timestamps", "include_timings", b"include_timings", "initial_prompt", b"initial_prompt", "language", b"language", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "beam_size", b"beam_size", "detect_language_per_segment", b"detect_language_per_segment", "enable_segment_timestamps", b"enable_segment_timestamps", "enable_word_timestamps", b"enable_word_timestamps", "include_timings", b"include_timings", "initial_prompt", b"initial_prompt", "language", b"language", "separate_channels", b"separate_channels", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
@@ -327,6 +346,9 @@ class Segment(_message.Message):
     WORDS_FIELD_NUMBER: _builtins.int
     AVG_LOGPROB_FIELD_NUMBER: _builtins.int
     NO_SPEECH_PROB_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_PROBABILITY_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the segment, counting from 0: within the transcript for
     Transcribe, within the utterance for StreamAudio.
@@ -341,6 +363,19 @@ class Segment(_message.Message):
     """Probability from 0.0 to 1.0 that the segment's window holds no speech;
     high values with text often mean a hallucination. Unset if the engine does
     not report it.
+    """
+    language: _builtins.str
+    """ISO-639-1 code of the language the segment was decoded in: the segment's
+    own with RecognitionConfig.detect_language_per_segment, else the
+    transcript's.
+    """
+    language_probability: _builtins.float
+    """Probability from 0.0 to 1.0 of `language`. Unset when the language was
+    given in the request or the model is English-only.
+    """
+    channel: _builtins.int
+    """Channel of the audio the segment comes from, counting from 0. Set only
+    with RecognitionConfig.separate_channels.
     """
     @_builtins.property
     def start_offset(self) -> _duration_pb2.Duration:
@@ -367,17 +402,28 @@ class Segment(_message.Message):
         words: _abc.Iterable[Global___Word] | None = ...,
         avg_logprob: _builtins.float | None = ...,
         no_speech_prob: _builtins.float | None = ...,
+        language: _builtins.str = ...,
+        language_probability: _builtins.float | None = ...,
+        channel: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_avg_logprob", b"_avg_logprob", "_no_speech_prob", b"_no_speech_prob", "avg_logprob", b"avg_logprob", "end_offset", b"end_offset", "no_speech_prob", b"no_speech_prob", "start_offset", b"start_offset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_avg_logprob", b"_avg_logprob", "_channel", b"_channel", "_language_probability", b"_language_probability", "_no_speech_prob", b"_no_speech_prob", "avg_logprob", b"avg_logprob", "channel", b"channel", "end_offset", b"end_offset", "language_probability", b"language_probability", "no_speech_prob", b"no_speech_prob", "start_offset", b"start_offset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_avg_logprob", b"_avg_logprob", "_no_speech_prob", b"_no_speech_prob", "avg_logprob", b"avg_logprob", "end_offset", b"end_offset", "index", b"index", "no_speech_prob", b"no_speech_prob", "start_offset", b"start_offset", "text", b"text", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_avg_logprob", b"_avg_logprob", "_channel", b"_channel", "_language_probability", b"_language_probability", "_no_speech_prob", b"_no_speech_prob", "avg_logprob", b"avg_logprob", "channel", b"channel", "end_offset", b"end_offset", "index", b"index", "language", b"language", "language_probability", b"language_probability", "no_speech_prob", b"no_speech_prob", "start_offset", b"start_offset", "text", b"text", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__avg_logprob: _TypeAlias = _typing.Literal["avg_logprob"]  # noqa: Y015
     _WhichOneofArgType__avg_logprob: _TypeAlias = _typing.Literal["_avg_logprob", b"_avg_logprob"]  # noqa: Y015
+    _WhichOneofReturnType__channel: _TypeAlias = _typing.Literal["channel"]  # noqa: Y015
+    _WhichOneofArgType__channel: _TypeAlias = _typing.Literal["_channel", b"_channel"]  # noqa: Y015
+    _WhichOneofReturnType__language_probability: _TypeAlias = _typing.Literal["language_probability"]  # noqa: Y015
+    _WhichOneofArgType__language_probability: _TypeAlias = _typing.Literal["_language_probability", b"_language_probability"]  # noqa: Y015
     _WhichOneofReturnType__no_speech_prob: _TypeAlias = _typing.Literal["no_speech_prob"]  # noqa: Y015
     _WhichOneofArgType__no_speech_prob: _TypeAlias = _typing.Literal["_no_speech_prob", b"_no_speech_prob"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__avg_logprob) -> _WhichOneofReturnType__avg_logprob | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__channel) -> _WhichOneofReturnType__channel | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__language_probability) -> _WhichOneofReturnType__language_probability | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__no_speech_prob) -> _WhichOneofReturnType__no_speech_prob | None: ...
 

@@ -53,6 +53,8 @@ def recognition_config(options: RecognitionOptions) -> pb.RecognitionConfig:
         enable_word_timestamps=options.word_timestamps,
         beam_size=options.beam_size,
         include_timings=options.include_timings,
+        separate_channels=options.separate_channels,
+        detect_language_per_segment=options.detect_language_per_segment,
     )
     if options.temperature is not None:
         config.temperature = options.temperature
@@ -122,6 +124,11 @@ def segment(message: pb.Segment) -> Segment:
         words=tuple(word(w) for w in message.words),
         avg_logprob=message.avg_logprob if message.HasField("avg_logprob") else None,
         no_speech_prob=message.no_speech_prob if message.HasField("no_speech_prob") else None,
+        language=message.language,
+        language_probability=(
+            message.language_probability if message.HasField("language_probability") else None
+        ),
+        channel=message.channel if message.HasField("channel") else None,
     )
 
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from whisperwire.client.results import Segment, Timings, Transcript
+from whisperwire.client.results import Segment, Timings, Transcript, Word
 
 
 def transcript_json(
@@ -43,6 +43,12 @@ def segment_json(segment: Segment) -> dict[str, Any]:
         "end": round(segment.end, 3),
         "text": segment.text.strip(),
     }
+    if segment.channel is not None:
+        data["channel"] = segment.channel
+    if segment.language:
+        data["language"] = segment.language
+    if segment.language_probability is not None:
+        data["language_probability"] = round(segment.language_probability, 4)
     if segment.words:
         data["words"] = [
             {
@@ -66,7 +72,8 @@ def timings_line(timings: Timings) -> str:
 
 
 def srt(transcript: Transcript) -> str:
-    cues = _cues(transcript)
+    """SubRip: a cue per segment, or per word when the segments carry words."""
+    cues = _word_cues(transcript) or _cues(transcript)
     blocks = (
         f"{number}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{text}\n"
         for number, (start, end, text) in enumerate(cues, start=1)
@@ -75,6 +82,8 @@ def srt(transcript: Transcript) -> str:
 
 
 def vtt(transcript: Transcript) -> str:
+    """WebVTT: a cue per segment; words, when present, as the cue's inner timestamps
+    (karaoke-style `<00:00:01.500>`), which players use to highlight the word being said."""
     cues = _cues(transcript)
     blocks = [f"{_clock(start, '.')} --> {_clock(end, '.')}\n{text}\n" for start, end, text in cues]
     return "WEBVTT\n\n" + "\n".join(blocks)
@@ -90,8 +99,39 @@ def _cues(transcript: Transcript) -> list[tuple[float, float, str]]:
             continue
         start = max(segment.start, previous_end)
         end = max(segment.end, start + 0.001)
+        if segment.words:
+            text = _karaoke(segment.words, start, end)
+        if segment.channel is not None:
+            text = f"[channel {segment.channel}] {text}"
         cues.append((start, end, text))
         previous_end = end
+    return cues
+
+
+def _karaoke(words: tuple[Word, ...], start: float, end: float) -> str:
+    """Words with a timestamp tag before each but the first; tags stay within the cue and
+    never go backwards, as WebVTT requires."""
+    parts = [words[0].text.strip()]
+    previous = start
+    for word in words[1:]:
+        at = min(max(word.start, previous), end)
+        parts.append(f"<{_clock(at, '.')}>{word.text.strip()}")
+        previous = at
+    return " ".join(parts)
+
+
+def _word_cues(transcript: Transcript) -> list[tuple[float, float, str]]:
+    """(start, end, word) per word, in time order, never overlapping."""
+    cues: list[tuple[float, float, str]] = []
+    previous_end = 0.0
+    segments = sorted(transcript.segments, key=lambda s: s.start)
+    for segment in segments:
+        for word in segment.words:
+            start = max(word.start, previous_end)
+            end = max(word.end, start + 0.001)
+            label = f"[channel {segment.channel}] " if segment.channel is not None else ""
+            cues.append((start, end, label + word.text.strip()))
+            previous_end = end
     return cues
 
 

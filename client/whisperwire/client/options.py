@@ -25,6 +25,10 @@ class RecognitionOptions:
     temperature: float | None = None
     """None = Whisper's fallback ladder."""
     include_timings: bool = False
+    separate_channels: bool = False
+    """Transcribe each channel of a multi-channel file on its own (unary calls only)."""
+    detect_language_per_segment: bool = False
+    """Detect the language of every window: for audio that switches language."""
 
 
 @dataclass(frozen=True)

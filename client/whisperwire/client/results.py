@@ -26,6 +26,10 @@ class Segment:
     words: tuple[Word, ...] = ()
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
+    language: str = ""
+    language_probability: float | None = None
+    channel: int | None = None
+    """Set when channels were transcribed separately (0-based)."""
 
 
 @dataclass(frozen=True)

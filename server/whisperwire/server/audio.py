@@ -47,9 +47,10 @@ _S16_SCALE = np.float32(1 / 32768)
 _RESAMPLER_OPTIONS = {"rematrix_maxval": "1.0"}
 
 
-def _new_resampler() -> av.AudioResampler:
+def _new_resampler(layout: str = "mono") -> av.AudioResampler:
+    # Planar output: one row per channel, so channels kept apart need no de-interleaving.
     return av.AudioResampler(
-        format="flt", layout="mono", rate=SAMPLE_RATE, options=_RESAMPLER_OPTIONS
+        format="fltp", layout=layout, rate=SAMPLE_RATE, options=_RESAMPLER_OPTIONS
     )
 
 
@@ -58,12 +59,21 @@ def _empty() -> Samples:
 
 
 def _frames_to_samples(frames: Iterable[av.AudioFrame]) -> list[Samples]:
-    # The resampler's output is packed float mono: one plane of shape (1, n).
-    return [frame.to_ndarray().reshape(-1).astype(np.float32, copy=False) for frame in frames]
+    # The resampler's output is planar float: one row per channel, (channels, n).
+    return [frame.to_ndarray().astype(np.float32, copy=False) for frame in frames]
 
 
 def _join(chunks: list[Samples]) -> Samples:
-    return np.concatenate(chunks) if chunks else _empty()
+    """Chunks of (channels, n) joined to (channels, total); mono comes out one-dimensional."""
+    if not chunks:
+        return _empty()
+    if len({chunk.shape[0] for chunk in chunks}) > 1:
+        raise AudioDecodeError(
+            "the channel count changes within the file; transcribe it without separate_channels",
+            field="audio",
+        )
+    joined = np.concatenate(chunks, axis=1)
+    return joined[0] if joined.shape[0] == 1 else joined
 
 
 def _check_finite(samples: npt.NDArray[np.generic]) -> None:
@@ -82,12 +92,22 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> Samples:
     demuxer error ends the stream; only a file with nothing decodable is an error.
     Decoding stops as soon as the audio exceeds `max_seconds` (AudioTooLongError).
     """
+    [samples] = _decode(data, max_seconds, keep_channels=False)
+    return samples
+
+
+def decode_audio_channels(data: bytes, *, max_seconds: float | None = None) -> list[Samples]:
+    """Like decode_audio, but each channel on its own: one 16 kHz array per channel."""
+    return _decode(data, max_seconds, keep_channels=True)
+
+
+def _decode(data: bytes, max_seconds: float | None, *, keep_channels: bool) -> list[Samples]:
     if not data:
         raise EmptyAudioError("audio is empty", field="audio")
     with _open_container(data) as container:
-        samples = _decode_first_audio_stream(container, max_seconds)
+        samples = _decode_first_audio_stream(container, max_seconds, keep_channels)
     _check_finite(samples)
-    return samples
+    return list(samples) if samples.ndim == 2 else [samples]
 
 
 # Demuxers that follow references (an ffconcat script's `file x.wav`, playlists) open them
@@ -113,12 +133,12 @@ def _reason(error: Exception) -> str:
 
 
 def _decode_first_audio_stream(
-    container: av.container.InputContainer, max_seconds: float | None
+    container: av.container.InputContainer, max_seconds: float | None, keep_channels: bool
 ) -> Samples:
     if not container.streams.audio:
         raise AudioDecodeError("the container has no audio stream", field="audio")
     stream = container.streams.audio[0]
-    resampler = _FollowingResampler()
+    resampler = _FollowingResampler(keep_channels)
     chunks: list[Samples] = []
     decoded = 0
     last_error: av.FFmpegError | None = None
@@ -126,7 +146,7 @@ def _decode_first_audio_stream(
         last_error = error or last_error
         new = [samples for frame in frames for samples in resampler.resample(frame)]
         chunks.extend(new)
-        decoded += sum(len(chunk) for chunk in new)
+        decoded += sum(chunk.shape[-1] for chunk in new)
         _check_length(decoded, max_seconds)
     chunks.extend(resampler.flush())
     return _nonempty(_join(chunks), last_error)
@@ -165,7 +185,8 @@ class _FollowingResampler:
     new one started, as ffmpeg reconfigures its filter graph.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_channels: bool = False) -> None:
+        self._keep_channels = keep_channels
         self._resampler: av.AudioResampler | None = None
         self._input_format: tuple[str, str, int] | None = None
 
@@ -173,7 +194,7 @@ class _FollowingResampler:
         input_format = (frame.format.name, frame.layout.name, frame.sample_rate)
         drained = self.flush() if input_format != self._input_format else []
         if self._resampler is None:
-            self._resampler = _new_resampler()
+            self._resampler = _new_resampler(frame.layout.name if self._keep_channels else "mono")
             self._input_format = input_format
         return drained + _frames_to_samples(self._resampler.resample(frame))
 
@@ -187,7 +208,7 @@ class _FollowingResampler:
 
 
 def _nonempty(samples: Samples, last_error: av.FFmpegError | None) -> Samples:
-    if len(samples):
+    if samples.shape[-1]:
         return samples
     if last_error is not None:
         raise AudioDecodeError(f"no decodable audio: {_reason(last_error)}", field="audio")
@@ -303,3 +324,23 @@ def decode_pcm(
             f"audio is {seconds:.1f} s, over the maximum of {max_seconds:g} s", field="audio"
         )
     return np.concatenate([decoder.push(data), decoder.flush()])
+
+
+def decode_pcm_channels(
+    data: bytes,
+    encoding: PcmEncoding,
+    sample_rate: int,
+    channels: int,
+    *,
+    max_seconds: float | None = None,
+) -> list[Samples]:
+    """Like decode_pcm, but each channel on its own: one 16 kHz array per channel."""
+    _validate_pcm_format(encoding, sample_rate, channels)
+    frame_bytes = np.dtype(_PCM_FORMATS[encoding][0]).itemsize * channels
+    if len(data) % frame_bytes:  # decode_pcm explains it
+        return [decode_pcm(data, encoding, sample_rate, channels, max_seconds=max_seconds)]
+    frames = np.frombuffer(data, dtype=_PCM_FORMATS[encoding][0]).reshape(-1, channels)
+    return [
+        decode_pcm(frames[:, c].tobytes(), encoding, sample_rate, 1, max_seconds=max_seconds)
+        for c in range(channels)
+    ]

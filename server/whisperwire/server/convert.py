@@ -9,7 +9,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from whisperwire.server.audio import PcmEncoding
 from whisperwire.server.config import ServerSettings
-from whisperwire.server.domain import DecodeOptions, Segment, Task, Timings, Transcript
+from whisperwire.server.domain import DecodeOptions, Segment, Task, Timings, Transcript, Word
 from whisperwire.server.engine import EngineInfo
 from whisperwire.server.errors import InvalidOptionError, UnsupportedEncodingError
 from whisperwire.server.session import (
@@ -70,6 +70,8 @@ def decode_options(config: pb.RecognitionConfig, settings: ServerSettings) -> De
         timestamps=config.enable_segment_timestamps,
         word_timestamps=config.enable_word_timestamps,
         beam_size=config.beam_size or settings.defaults.default_beam_size,
+        detect_language_per_segment=config.detect_language_per_segment,
+        separate_channels=config.separate_channels,
     )
     if config.HasField("temperature"):  # checked with every other option by the pipeline
         options = replace(options, temperatures=(config.temperature,))
@@ -99,6 +101,11 @@ def stream_config(config: pb.StreamAudioConfig, settings: ServerSettings) -> Str
         )
     if silence < 0:
         raise InvalidOptionError("segment_silence must not be negative", field="segment_silence")
+    if config.recognition.separate_channels:
+        raise InvalidOptionError(
+            "separate_channels is for Transcribe; open one stream per channel instead",
+            field="recognition.separate_channels",
+        )
     return StreamConfig(
         options=decode_options(config.recognition, settings),
         encoding=encoding,
@@ -134,12 +141,27 @@ def segment(s: Segment, index: int) -> pb.Segment:
         text=s.text,
         start_offset=duration(s.start),
         end_offset=duration(s.end),
+        words=[word(w) for w in s.words],
+        language=s.language or "",
     )
     if s.avg_logprob is not None:
         out.avg_logprob = s.avg_logprob
     if s.no_speech_prob is not None:
         out.no_speech_prob = s.no_speech_prob
+    if s.language_probability is not None:
+        out.language_probability = s.language_probability
+    if s.channel is not None:
+        out.channel = s.channel
     return out
+
+
+def word(w: Word) -> pb.Word:
+    return pb.Word(
+        text=w.text,
+        start_offset=duration(w.start),
+        end_offset=duration(w.end),
+        probability=w.probability,
+    )
 
 
 def transcript(t: Transcript) -> pb.Transcript:

@@ -20,6 +20,10 @@ class DecodeOptions:
     initial_prompt: str | None = None
     timestamps: bool = False
     word_timestamps: bool = False
+    # Detect the language of every window instead of only the first (mixed-language audio).
+    detect_language_per_segment: bool = False
+    # Transcribe each channel of multi-channel audio on its own instead of their mix.
+    separate_channels: bool = False
     beam_size: int = 1
     # Whisper's temperature fallback ladder; the first entry is tried first.
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -33,12 +37,26 @@ class DecodeOptions:
 
 
 @dataclass(frozen=True)
+class Word:
+    text: str  # as decoded, with its leading space and punctuation
+    start: float  # seconds from the start of the audio
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
 class Segment:
     start: float  # seconds from the start of the audio
     end: float
     text: str
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
+    words: tuple[Word, ...] = ()
+    # The language decoded in (per segment when detected per segment), with its probability
+    # when it was detected.
+    language: str | None = None
+    language_probability: float | None = None
+    channel: int | None = None  # 0-based, when channels are transcribed separately
     temperature: float | None = None  # of the decode that produced it (fallback may raise it)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +37,20 @@ class Generation:
     # Sum of token log-probabilities; None where the engine does not report it.
     cum_logprob: float | None = None
     no_speech_prob: float | None = None
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One item's monotonic path matching text tokens to encoder frames (20 ms each).
+
+    Pairs (text_indices[k], time_indices[k]) walk from the first text token to the
+    end-of-text token appended after the last one; `token_probs` holds each text token's
+    probability given the tokens before it.
+    """
+
+    text_indices: list[int]
+    time_indices: list[int]
+    token_probs: list[float]
 
 
 @dataclass(frozen=True)
@@ -68,3 +82,30 @@ class Engine(Protocol):
     def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
         """Per item, (language code, probability) pairs, most likely first."""
         ...
+
+
+@runtime_checkable
+class WordAligner(Protocol):
+    """An engine that can time words (EngineInfo.supports_word_timestamps): an optional
+    capability beside Engine, so engines without it implement nothing."""
+
+    def align(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        text_tokens: Sequence[Sequence[int]],
+        num_frames: Sequence[int],
+    ) -> list[Alignment]:
+        """Align each item's text tokens (no timestamps, no end-of-text) to its window.
+
+        `prompts` are start-of-transcript sequences; `num_frames` counts each window's
+        log-mel frames that hold audio (100 per second), so padding draws no words.
+        """
+        ...
+
+
+def word_aligner(engine: Engine) -> WordAligner | None:
+    """The engine's aligner when it advertises word timestamps, else None."""
+    if engine.info.supports_word_timestamps and isinstance(engine, WordAligner):
+        return engine
+    return None

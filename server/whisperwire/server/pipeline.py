@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from whisperwire.server import audio as audio_io
 from whisperwire.server import vad
+from whisperwire.server import words as words_mod
 from whisperwire.server.domain import (
     DecodeOptions,
     EngineTime,
@@ -25,14 +26,17 @@ from whisperwire.server.domain import (
     Task,
     Timings,
     Transcript,
+    Word,
 )
 from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
 from whisperwire.server.errors import AudioTooLongError, InvalidOptionError
-from whisperwire.server.features import window_features
+from whisperwire.server.features import HOP_LENGTH, N_FRAMES, window_features
 from whisperwire.server.runner import Priority, Runner
 from whisperwire.server.tokenizer import WhisperTokenizer
 
 Audio = npt.NDArray[np.float32]
+Language = tuple[str | None, float | None]  # (code, probability when detected)
+Part = tuple[float, float, list[int]]  # (start, end, text tokens) of one segment
 MAX_BEAM_SIZE = 8
 
 
@@ -100,7 +104,8 @@ class SpeechPipeline:
             )
         if options.word_timestamps and not self.engine.supports_word_timestamps:
             raise InvalidOptionError(
-                f"the {self.engine.name} engine does not produce word timestamps",
+                f"the {self.engine.name} engine cannot time words: it does not expose the "
+                "cross-attention of the model's alignment heads that word timing needs",
                 field="enable_word_timestamps",
             )
         return options
@@ -116,7 +121,11 @@ class SpeechPipeline:
     ) -> Transcript:
         """Transcribe an audio file held in memory (any container PyAV reads); files are bulk
         work unless the caller says otherwise."""
-        decode = partial(audio_io.decode_audio, data, max_seconds=self.max_audio_seconds)
+        decode = partial(
+            audio_io.decode_audio_channels if options.separate_channels else _as_one_channel,
+            data,
+            max_seconds=self.max_audio_seconds,
+        )
         return await self._decode_and_transcribe(decode, options, priority)
 
     async def transcribe_pcm(
@@ -128,7 +137,11 @@ class SpeechPipeline:
         priority: Priority = Priority.BULK,
     ) -> Transcript:
         """Transcribe raw interleaved PCM of (encoding, sample rate, channels): bulk work."""
-        decode = partial(audio_io.decode_pcm, data, *layout)
+        decode = partial(
+            audio_io.decode_pcm_channels if options.separate_channels else _pcm_as_one_channel,
+            data,
+            *layout,
+        )
         return await self._decode_and_transcribe(decode, options, priority)
 
     async def transcribe(
@@ -151,24 +164,26 @@ class SpeechPipeline:
             raise AudioTooLongError(
                 f"audio is {duration:.1f} s, the limit is {self.max_audio_seconds:.0f} s"
             )
-        windows = await asyncio.to_thread(self._windows, samples, offset, speech)
+        per_span = options.detect_language_per_segment and options.language is None
+        windows = await asyncio.to_thread(self._windows, samples, offset, speech, per_span)
         features = time.perf_counter() - started
         if not windows:
             return Transcript(
                 "", [], options.language, None, duration, Timings(features=features, total=features)
             )
-        (language, probability), detect_time = await self._language(windows, options, priority)
+        languages, detect_time = await self._languages(windows, options, priority)
         decoded, decode_time = await self._decode_with_fallback(
-            windows, language, options, priority
+            windows, languages, options, priority
         )
-        segments = [
-            s
-            for d in decoded
+        kept = [
+            (d, lang)
+            for d, lang in zip(decoded, languages, strict=True)
             if not self._is_silence(d, options)
-            for s in self._segments(d, options.timestamps)
         ]
+        segments, align_time = await self._timed_segments(kept, options, priority)
         text = " ".join(s.text for s in segments if s.text)
-        spent = detect_time + decode_time
+        language, probability = _dominant_language(windows, languages, options)
+        spent = detect_time + decode_time + align_time
         timings = Timings(
             features=features,
             queue=spent.queue,
@@ -178,59 +193,101 @@ class SpeechPipeline:
         return Transcript(text, segments, language, probability, duration, timings)
 
     async def _decode_and_transcribe(
-        self, decode: Callable[[], Audio], options: DecodeOptions, priority: Priority
+        self, decode: Callable[[], list[Audio]], options: DecodeOptions, priority: Priority
     ) -> Transcript:
         started = time.perf_counter()
-        samples = await asyncio.to_thread(decode)
+        channels = await asyncio.to_thread(decode)
         decoded = time.perf_counter() - started
-        transcript = await self.transcribe(samples, options, priority=priority)
+        if len(channels) == 1:
+            transcript = await self.transcribe(channels[0], options, priority=priority)
+        else:
+            transcript = await self._transcribe_channels(channels, options, priority)
         timings = replace(transcript.timings, decode=decoded, total=time.perf_counter() - started)
         return replace(transcript, timings=timings)
 
+    async def _transcribe_channels(
+        self, channels: list[Audio], options: DecodeOptions, priority: Priority
+    ) -> Transcript:
+        """Every channel on its own, all at once (the runner batches their windows
+        together), merged in time order with each segment tagged with its channel."""
+        transcripts = await asyncio.gather(
+            *(self.transcribe(samples, options, priority=priority) for samples in channels)
+        )
+        segments = sorted(
+            (
+                replace(segment, channel=channel)
+                for channel, t in enumerate(transcripts)
+                for segment in t.segments
+            ),
+            key=lambda s: (s.start, s.channel),
+        )
+        spoken = [t for t in transcripts if t.segments] or transcripts
+        language = max(spoken, key=lambda t: sum(s.end - s.start for s in t.segments))
+        return Transcript(
+            text=" ".join(s.text for s in segments),
+            segments=segments,
+            language=language.language,
+            language_probability=language.language_probability,
+            duration=max(t.duration for t in transcripts),
+            timings=Timings(
+                features=sum(t.timings.features for t in transcripts),
+                queue=sum(t.timings.queue for t in transcripts),
+                engine=sum(t.timings.engine for t in transcripts),
+            ),
+        )
+
     # ---- stages -----------------------------------------------------------------------
     def _windows(
-        self, samples: Audio, offset: float, speech: list[vad.Span] | None
+        self, samples: Audio, offset: float, speech: list[vad.Span] | None, per_span: bool
     ) -> list[Window]:
         spans = (
             vad.speech_spans(samples, aggressiveness=self.vad_aggressiveness)
             if speech is None
             else speech
         )
-        if len(samples) <= vad.WINDOW_SECONDS * vad.SAMPLE_RATE and spans:
+        if per_span:
+            # Each stretch of speech alone, so a language switch at a pause starts a window.
+            planned = [w for span in spans for w in vad.plan_windows(samples, [span])]
+        elif len(samples) <= vad.WINDOW_SECONDS * vad.SAMPLE_RATE and spans:
             # A short clip with any speech is decoded whole: trimming buys nothing.
-            spans = [vad.Span(0, len(samples))]
+            planned = [vad.Span(0, len(samples))]
+        else:
+            planned = vad.plan_windows(samples, spans)
         return [
             Window(
                 start=offset + span.start / vad.SAMPLE_RATE,
                 end=offset + span.end / vad.SAMPLE_RATE,
                 features=window_features(samples[span.start : span.end], self.engine.n_mels),
             )
-            for span in vad.plan_windows(samples, spans)
+            for span in planned
             if span.end > span.start
         ]
 
-    async def _language(
+    async def _languages(
         self, windows: list[Window], options: DecodeOptions, priority: Priority
-    ) -> tuple[tuple[str | None, float | None], EngineTime]:
+    ) -> tuple[list[Language], EngineTime]:
+        """(code, probability) per window; the probability is None where none was detected."""
         if options.language is not None:
-            return (options.language, None), EngineTime()
+            return [(options.language, None)] * len(windows), EngineTime()
         if not self.tokenizer.multilingual:
-            return ("en", None), EngineTime()
-        # Like Whisper, the first window decides the language of the whole input.
-        [ranked], spent = await self.runner.detect_language(
-            [windows[0].features], priority=priority
+            return [("en", None)] * len(windows), EngineTime()
+        # Like Whisper, the first window decides the language of the whole input, unless
+        # the caller expects it to change.
+        detected = windows if options.detect_language_per_segment else windows[:1]
+        ranked, spent = await self.runner.detect_language(
+            [w.features for w in detected], priority=priority
         )
-        code, probability = ranked[0]
-        return (code, probability), spent
+        best: list[Language] = [r[0] for r in ranked]
+        return best + [best[-1]] * (len(windows) - len(best)), spent
 
     async def _decode_with_fallback(
         self,
         windows: list[Window],
-        language: str | None,
+        languages: list[Language],
         options: DecodeOptions,
         priority: Priority,
     ) -> tuple[list[Decoded], EngineTime]:
-        prompt = self._prompt(language, options)
+        prompts = [self._prompt(language, options) for language, _ in languages]
         results: dict[int, Decoded] = {}
         pending = list(range(len(windows)))
         spent = EngineTime()
@@ -238,7 +295,7 @@ class SpeechPipeline:
             params = self._params(options, temperature)
             generations, attempt_time = await self.runner.generate(
                 [windows[i].features for i in pending],
-                [prompt] * len(pending),
+                [prompts[i] for i in pending],
                 params,
                 priority=priority,
             )
@@ -305,30 +362,110 @@ class SpeechPipeline:
             return False
         return avg is None or options.log_prob_threshold is None or avg < options.log_prob_threshold
 
-    def _segments(self, decoded: Decoded, timestamps: bool) -> list[Segment]:
-        window, generation = decoded.window, decoded.generation
-        common = {
-            "avg_logprob": decoded.avg_logprob,
-            "no_speech_prob": generation.no_speech_prob,
-            "temperature": decoded.temperature,
-        }
-        ids = generation.token_ids
+    async def _timed_segments(
+        self, kept: list[tuple[Decoded, Language]], options: DecodeOptions, priority: Priority
+    ) -> tuple[list[Segment], EngineTime]:
+        parts = [self._parts(d, options.timestamps) for d, _ in kept]
+        words: list[list[list[Word]]] = [[[] for _ in p] for p in parts]
+        spent = EngineTime()
+        if options.word_timestamps:
+            words, spent = await self._words(kept, parts, options, priority)
+        segments = [
+            Segment(
+                start,
+                end,
+                text,
+                avg_logprob=d.avg_logprob,
+                no_speech_prob=d.generation.no_speech_prob,
+                temperature=d.temperature,
+                words=tuple(part_words),
+                language=language,
+                language_probability=probability,
+            )
+            for (d, (language, probability)), window_parts, window_words in zip(
+                kept, parts, words, strict=True
+            )
+            for (start, end, text_ids), part_words in zip(window_parts, window_words, strict=True)
+            if (text := self.tokenizer.decode(text_ids).strip())
+        ]
+        return segments, spent
+
+    def _parts(self, decoded: Decoded, timestamps: bool) -> list[Part]:
+        """A window's (start, end, text tokens) segments in absolute seconds, within the
+        window; one part for the whole window without timestamp tokens."""
+        window, ids = decoded.window, decoded.generation.token_ids
         if not timestamps or not any(t >= self.tokenizer.timestamp_begin for t in ids):
-            text = self.tokenizer.decode(ids).strip()
-            return [Segment(window.start, window.end, text, **common)] if text else []
-        segments = []
-        for start, end, text_ids in self.tokenizer.split_timestamped(ids):
-            text = self.tokenizer.decode(text_ids).strip()
-            if text:
-                segments.append(
-                    Segment(
-                        min(window.start + start, window.end),
-                        min(window.start + end, window.end),
-                        text,
-                        **common,
-                    )
+            return [(window.start, window.end, [t for t in ids if t < self.tokenizer.eot])]
+        return [
+            (min(window.start + start, window.end), min(window.start + end, window.end), text)
+            for start, end, text in self.tokenizer.split_timestamped(ids)
+        ]
+
+    async def _words(
+        self,
+        kept: list[tuple[Decoded, Language]],
+        parts: list[list[Part]],
+        options: DecodeOptions,
+        priority: Priority,
+    ) -> tuple[list[list[list[Word]]], EngineTime]:
+        """Words of every part, all windows aligned in one batch."""
+        tokens = [[t for _, _, ids in window_parts for t in ids] for window_parts in parts]
+        todo = [i for i, t in enumerate(tokens) if t]
+        alignments, spent = await self.runner.align(
+            [kept[i][0].window.features for i in todo],
+            [self.tokenizer.sot_sequence(kept[i][1][0], options.task) for i in todo],
+            [tokens[i] for i in todo],
+            [_audio_frames(kept[i][0].window) for i in todo],
+            priority=priority,
+        )
+        by_window = dict(zip(todo, alignments, strict=True))
+        out: list[list[list[Word]]] = []
+        for i, ((d, (language, _)), window_parts) in enumerate(zip(kept, parts, strict=True)):
+            alignment = by_window.get(i)
+            if alignment is None:
+                out.append([[] for _ in window_parts])
+                continue
+            pieces = words_mod.time_words(
+                words_mod.split_words(self.tokenizer, tokens[i], language), alignment
+            )
+            out.append(
+                words_mod.assign_to_segments(
+                    words_mod.tidy(pieces),
+                    [len(ids) for _, _, ids in window_parts],
+                    [(start, end) for start, end, _ in window_parts],
+                    offset=d.window.start,
                 )
-        return segments
+            )
+        return out, spent
+
+
+def _as_one_channel(data: bytes, *, max_seconds: float) -> list[Audio]:
+    return [audio_io.decode_audio(data, max_seconds=max_seconds)]
+
+
+def _pcm_as_one_channel(
+    data: bytes, encoding: audio_io.PcmEncoding, sample_rate: int, channels: int
+) -> list[Audio]:
+    return [audio_io.decode_pcm(data, encoding, sample_rate, channels)]
+
+
+def _audio_frames(window: Window) -> int:
+    """Log-mel frames (10 ms) of the window that hold audio, not padding."""
+    return min(N_FRAMES, round((window.end - window.start) * audio_io.SAMPLE_RATE / HOP_LENGTH))
+
+
+def _dominant_language(
+    windows: list[Window], languages: list[Language], options: DecodeOptions
+) -> Language:
+    """The language spoken longest; its probability is the mean over its windows."""
+    if not languages:
+        return options.language, None
+    seconds: dict[str | None, float] = {}
+    for window, (code, _) in zip(windows, languages, strict=True):
+        seconds[code] = seconds.get(code, 0.0) + window.end - window.start
+    code = max(seconds, key=lambda c: seconds[c])
+    probabilities = [p for c, p in languages if c == code and p is not None]
+    return code, (sum(probabilities) / len(probabilities) if probabilities else None)
 
 
 def compression_ratio(text: str) -> float:

@@ -11,7 +11,14 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from whisperwire.server.domain import EngineTime
-from whisperwire.server.engine import Engine, Features, Generation, GenerationParams
+from whisperwire.server.engine import (
+    Alignment,
+    Engine,
+    Features,
+    Generation,
+    GenerationParams,
+    word_aligner,
+)
 
 T = TypeVar("T")
 
@@ -43,6 +50,16 @@ class Runner(Protocol):
     async def detect_language(
         self, features: Sequence[Features], *, priority: Priority
     ) -> tuple[list[list[tuple[str, float]]], EngineTime]: ...
+
+    async def align(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        text_tokens: Sequence[Sequence[int]],
+        num_frames: Sequence[int],
+        *,
+        priority: Priority,
+    ) -> tuple[list[Alignment], EngineTime]: ...
 
     def admit(self, priority: Priority) -> None:
         """Raise BusyError when new work of `priority` would wait past the latency target."""
@@ -79,6 +96,20 @@ class DirectRunner:
         self, features: Sequence[Features], *, priority: Priority = Priority.FINAL
     ) -> tuple[list[list[tuple[str, float]]], EngineTime]:
         return await self._run(partial(self._engine.detect_language, features))
+
+    async def align(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        text_tokens: Sequence[Sequence[int]],
+        num_frames: Sequence[int],
+        *,
+        priority: Priority = Priority.FINAL,
+    ) -> tuple[list[Alignment], EngineTime]:
+        aligner = word_aligner(self._engine)
+        if aligner is None:
+            raise RuntimeError(f"the {self._engine.info.name} engine cannot align words")
+        return await self._run(partial(aligner.align, features, prompts, text_tokens, num_frames))
 
     def admit(self, priority: Priority) -> None:
         """One caller at a time has no latency target to keep: everyone waits their turn."""

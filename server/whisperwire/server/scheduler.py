@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from whisperwire.server.domain import EngineTime
-from whisperwire.server.engine import Engine, Features, Generation, GenerationParams
+from whisperwire.server.engine import (
+    Alignment,
+    Engine,
+    Features,
+    Generation,
+    GenerationParams,
+    word_aligner,
+)
 from whisperwire.server.errors import BusyError, EngineError, EngineLostError
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.queue_policy import QueuePolicy
@@ -36,6 +43,8 @@ from whisperwire.server.runner import Priority
 log = logging.getLogger(__name__)
 
 DETECT = "detect-language"
+ALIGN = "align-words"
+_KINDS: dict[Hashable, str] = {DETECT: "detect", ALIGN: "align"}  # else "generate"
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class _Work:
     prompt: Sequence[int] | None = field(compare=False)
     future: asyncio.Future[_Outcome] = field(compare=False)
     enqueued: float = field(compare=False)
+    # Alignment only: the item's text tokens and its count of log-mel frames with audio.
+    text: tuple[Sequence[int], int] | None = field(default=None, compare=False)
 
 
 class BatchScheduler:
@@ -141,11 +152,28 @@ class BatchScheduler:
         outcomes, spent = await self._submit(DETECT, [(f, None) for f in features], priority)
         return [o.value for o in outcomes], spent
 
+    async def align(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        text_tokens: Sequence[Sequence[int]],
+        num_frames: Sequence[int],
+        *,
+        priority: Priority,
+    ) -> tuple[list[Alignment], EngineTime]:
+        items: list[tuple[Features, Sequence[int] | None]] = list(
+            zip(features, prompts, strict=True)
+        )
+        texts = list(zip(text_tokens, num_frames, strict=True))
+        outcomes, spent = await self._submit(ALIGN, items, priority, texts)
+        return [o.value for o in outcomes], spent
+
     async def _submit(
         self,
         key: Hashable,
         items: list[tuple[Features, Sequence[int] | None]],
         priority: Priority,
+        texts: Sequence[tuple[Sequence[int], int] | None] | None = None,
     ) -> tuple[list[_Outcome], EngineTime]:
         if self.lost is not None:
             raise self.lost
@@ -157,7 +185,8 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         works = [
-            _Work(priority, next(self._seq), key, f, p, loop.create_future(), now) for f, p in items
+            _Work(priority, next(self._seq), key, f, p, loop.create_future(), now, text)
+            for (f, p), text in zip(items, texts or [None] * len(items), strict=True)
         ]
         self._pending.extend(works)
         self.metrics.queue_depth.set(len(self._pending))
@@ -243,7 +272,7 @@ class BatchScheduler:
 
     async def _run(self, batch: list[_Work]) -> None:
         call = self._engine_call(batch)
-        kind = "detect" if batch[0].key == DETECT else "generate"
+        kind = _KINDS.get(batch[0].key, "generate")
         started = time.perf_counter()
         self._running = (started, len(batch) * self._window_seconds)
         running = asyncio.get_running_loop().run_in_executor(self._executor, call)
@@ -295,10 +324,23 @@ class BatchScheduler:
         features = [w.features for w in batch]
         if batch[0].key == DETECT:
             return lambda: list(self.engine.detect_language(features))
+        if batch[0].key == ALIGN:
+            return self._align_call(batch)
         params = batch[0].key
         assert isinstance(params, GenerationParams)
         prompts = [w.prompt or [] for w in batch]
         return lambda: list(self.engine.generate(features, prompts, params))
+
+    def _align_call(self, batch: list[_Work]) -> Callable[[], list[Any]]:
+        aligner = word_aligner(self.engine)
+        if aligner is None:  # the pipeline rejects word timestamps before this
+            raise RuntimeError(f"the {self.engine.info.name} engine cannot align words")
+        features = [w.features for w in batch]
+        prompts = [w.prompt or [] for w in batch]
+        texts = [w.text or ((), 0) for w in batch]
+        tokens = [t for t, _ in texts]
+        frames = [n for _, n in texts]
+        return lambda: list(aligner.align(features, prompts, tokens, frames))
 
     def _observe(self, kind: str, batch: list[_Work], seconds: float) -> None:
         size = len(batch)

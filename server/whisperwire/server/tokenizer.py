@@ -299,6 +299,10 @@ class WhisperTokenizer:
             tokens.append(self.no_timestamps)
         return tokens
 
+    def sot_sequence(self, language: str | None, task: Task) -> list[int]:
+        """<|startoftranscript|> [<|lang|> <|task|>]: what word alignment starts from."""
+        return self._sot_sequence(language, task)
+
     def _sot_sequence(self, language: str | None, task: Task) -> list[int]:
         if not self.multilingual:
             if task is Task.TRANSLATE:

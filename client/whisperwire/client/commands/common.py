@@ -83,6 +83,11 @@ def add_recognition_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default="", help="initial prompt: names, spelling, style")
     parser.add_argument("--beam-size", type=int, default=0, help="beam width (default: server's)")
     parser.add_argument(
+        "--language-per-segment",
+        action="store_true",
+        help="detect the language of every window (audio that switches language)",
+    )
+    parser.add_argument(
         "--timings", action="store_true", help="ask for and show server processing times"
     )
 
@@ -94,6 +99,7 @@ def recognition_options(args: argparse.Namespace, **overrides: Any) -> Recogniti
         "initial_prompt": args.prompt,
         "beam_size": args.beam_size,
         "include_timings": args.timings,
+        "detect_language_per_segment": args.language_per_segment,
     }
     return RecognitionOptions(**(values | overrides))
 

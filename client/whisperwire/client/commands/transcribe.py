@@ -35,9 +35,18 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--timestamps",
         action="store_true",
-        help="phrase-level segments with accurate times (on for srt/vtt)",
+        help="phrase-level segments with accurate times (on for json/srt/vtt)",
     )
-    parser.add_argument("--word-timestamps", action="store_true", help="per-word times (json)")
+    parser.add_argument(
+        "--word-timestamps",
+        action="store_true",
+        help="per-word times (json words, srt a cue per word, vtt inline word times)",
+    )
+    parser.add_argument(
+        "--separate-channels",
+        action="store_true",
+        help="transcribe each channel on its own; segments name their channel",
+    )
     parser.add_argument("--format", choices=FORMATS, default="text", help="output (default text)")
     parser.add_argument(
         "-o", "--output-dir", type=Path, help="write FILE's result to DIR/<name>.<txt|json|srt|vtt>"
@@ -59,8 +68,9 @@ async def transcribe_all(args: argparse.Namespace) -> int:
     _check_outputs(args)
     options = common.recognition_options(
         args,
-        segment_timestamps=args.timestamps or args.format in ("srt", "vtt"),
+        segment_timestamps=args.timestamps or args.format in ("json", "srt", "vtt"),
         word_timestamps=args.word_timestamps,
+        separate_channels=args.separate_channels,
     )
     durations = {path: probe_duration(path) for path in args.files}
     status = common.EXIT_OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,13 @@ import ctranslate2
 import numpy as np
 import numpy.typing as npt
 
-from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
+from whisperwire.server.engine import (
+    Alignment,
+    EngineInfo,
+    Features,
+    Generation,
+    GenerationParams,
+)
 
 
 def default_compute_type(model_name: str, device: str) -> str:
@@ -43,7 +50,9 @@ class CTranslate2Engine:
             num_languages=self._model.num_languages if self._model.is_multilingual else 0,
             max_batch_size=max_batch_size,
             supports_timestamps=True,
-            supports_word_timestamps=False,
+            # CTranslate2 reads the alignment heads from the model's config.json (written by
+            # its converter); without them it would average every cross-attention head.
+            supports_word_timestamps=_has_alignment_heads(model_dir),
             device=f"{device}/{compute}",
         )
         # Language detection, the decode after it and fallback re-decodes all see the same
@@ -76,6 +85,31 @@ class CTranslate2Engine:
             for ranked in self._model.detect_language(self._encoded(features))
         ]
 
+    def align(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        text_tokens: Sequence[Sequence[int]],
+        num_frames: Sequence[int],
+    ) -> list[Alignment]:
+        # One call per start sequence: CTranslate2 takes a single one for the whole batch.
+        out: dict[int, Alignment] = {}
+        for prompt, items in _group_by_prompt(prompts).items():
+            results = self._model.align(
+                self._encoded([features[i] for i in items]),
+                list(prompt),
+                [list(text_tokens[i]) for i in items],
+                [num_frames[i] for i in items],
+                median_filter_width=MEDIAN_FILTER_WIDTH,
+            )
+            for i, result in zip(items, results, strict=True):
+                out[i] = Alignment(
+                    text_indices=[int(t) for t, _ in result.alignments],
+                    time_indices=[int(f) for _, f in result.alignments],
+                    token_probs=[float(p) for p in result.text_token_probs],
+                )
+        return [out[i] for i in range(len(features))]
+
     def _encoded(self, features: Sequence[Features]) -> ctranslate2.StorageView:
         """Encoder output for the batch, reusing rows already computed for the same windows."""
         if self._cache is None:
@@ -89,6 +123,21 @@ class CTranslate2Engine:
                 self._cache.put(features[i], row)
         filled = [row for row in rows if row is not None]  # every row is set by now
         return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(filled)))
+
+
+MEDIAN_FILTER_WIDTH = 7  # frames; smooths the attention before DTW, as Whisper does
+
+
+def _has_alignment_heads(model_dir: Path) -> bool:
+    config = model_dir / "config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("alignment_heads"))
+
+
+def _group_by_prompt(prompts: Sequence[Sequence[int]]) -> dict[tuple[int, ...], list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(tuple(prompt), []).append(i)
+    return groups
 
 
 def _max_length(new_tokens: int, prompt_length: int) -> int:

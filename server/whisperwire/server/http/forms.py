@@ -51,7 +51,7 @@ def audio_request(form: FormData, task: Task, engine: EngineInfo) -> AudioReques
     upload = _upload(form)
     _check_model(form, engine)
     response_format = _response_format(form)
-    _check_granularities(form, response_format, engine)
+    words = _wants_words(form, response_format, engine)
     # Translations take no language and do not stream (as OpenAI's endpoint).
     translating = task is Task.TRANSLATE
     stream = False if translating else _flag(form, "stream")
@@ -67,6 +67,7 @@ def audio_request(form: FormData, task: Task, engine: EngineInfo) -> AudioReques
         # Segment times come from the model's timestamp tokens where the engine has them; a
         # stream sends one delta per timed phrase.
         timestamps=(response_format.timed or stream) and engine.supports_timestamps,
+        word_timestamps=words,
     )
     temperature = _temperature(form)
     if temperature is not None:
@@ -109,11 +110,15 @@ def _response_format(form: FormData) -> ResponseFormat:
         ) from None
 
 
-def _check_granularities(
-    form: FormData, response_format: ResponseFormat, engine: EngineInfo
-) -> None:
+def _wants_words(form: FormData, response_format: ResponseFormat, engine: EngineInfo) -> bool:
+    """Whether `timestamp_granularities` asks for words (verbose_json only, as OpenAI)."""
     # OpenAI's SDKs send arrays as `name[]`; curl users often write the bare name.
     values = [*form.getlist("timestamp_granularities[]"), *form.getlist("timestamp_granularities")]
+    if "word" in values and response_format is not ResponseFormat.VERBOSE_JSON:
+        raise InvalidOptionError(
+            "word timestamps need response_format verbose_json",
+            field="timestamp_granularities[]",
+        )
     for value in values:
         if value == "segment":
             continue
@@ -129,6 +134,7 @@ def _check_granularities(
             f"timestamp granularity {value!r} is not one of segment, word",
             field="timestamp_granularities[]",
         )
+    return "word" in values
 
 
 def _temperature(form: FormData) -> float | None:

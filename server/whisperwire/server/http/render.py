@@ -54,6 +54,12 @@ def verbose_json(transcript: Transcript, task: Task, tokenizer: WhisperTokenizer
         "text": transcript.text,
         "segments": [_segment(index, s, tokenizer) for index, s in enumerate(transcript.segments)],
     }
+    words = [w for s in transcript.segments for w in s.words]
+    if words:  # OpenAI's word objects, for timestamp_granularities=word
+        data["words"] = [
+            {"word": w.text.strip(), "start": round(w.start, 3), "end": round(w.end, 3)}
+            for w in words
+        ]
     if not translating:
         data["usage"] = usage(transcript)
     return data
