@@ -70,6 +70,10 @@ class BatchingSettings(_Group):
     """Most bulk windows per engine call (unset: max_batch_size). A stream's final that
     arrives during a bulk call waits for that call: smaller bounds that wait on engines that
     run a batch whole (CTranslate2 on CPU gains little from bigger batches)."""
+    step_batching: bool = True
+    """On engines with in-flight batching (torch greedy decoding, TensorRT-LLM), windows join
+    and leave the running decode at every step; off, every engine call is a whole batch. In
+    step mode bulk_batch_size caps the slots bulk work holds, keeping the rest for streams."""
     bulk_share: float = Field(default=0.2, gt=0, lt=1)
     """Least share of engine time bulk work gets while interactive work waits too, so files
     are never starved by streams."""

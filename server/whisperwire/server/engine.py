@@ -104,6 +104,51 @@ class WordAligner(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class WindowRequest:
+    """One window submitted for step-level decoding."""
+
+    ticket: int  # the scheduler's id for the window, unique while it is in flight
+    features: Features
+    prompt: Sequence[int]
+    params: GenerationParams
+
+
+@runtime_checkable
+class StepBatcher(Protocol):
+    """An engine with in-flight batching: windows join the running decode at any step boundary
+    and leave it the moment they finish, so a new window never waits for a whole batch.
+    An optional capability beside Engine; the scheduler's one engine thread calls it."""
+
+    @property
+    def in_flight(self) -> int:
+        """Windows admitted and not yet returned or cancelled."""
+        ...
+
+    def steppable(self, params: GenerationParams) -> bool:
+        """Whether windows with these parameters are decoded step-level at all (others go
+        through whole-batch `generate`)."""
+        ...
+
+    def free_slots(self, params: GenerationParams) -> int:
+        """How many windows with these (steppable) parameters may be admitted now; 0 while
+        the engine is full or decodes windows whose parameters cannot share a step."""
+        ...
+
+    def advance(
+        self, admit: Sequence[WindowRequest], cancel: Sequence[int]
+    ) -> dict[int, Generation]:
+        """Drop the `cancel` tickets' windows, admit `admit` (at most `free_slots`; their
+        encoder runs as one batch), run a few decode steps over every window in flight, and
+        return the windows that finished, by ticket."""
+        ...
+
+
+def step_batcher(engine: Engine) -> StepBatcher | None:
+    """The engine itself when it offers step-level batching, else None."""
+    return engine if isinstance(engine, StepBatcher) else None
+
+
 def word_aligner(engine: Engine) -> WordAligner | None:
     """The engine's aligner when it advertises word timestamps, else None."""
     if engine.info.supports_word_timestamps and isinstance(engine, WordAligner):
