@@ -181,6 +181,7 @@ async def start_server(
         latency_target=settings.batching.latency_target_seconds,
         metrics=metrics,
         stall_seconds=settings.batching.engine_stall_seconds,
+        step_batching=settings.batching.step_batching,
     )
     scheduler.start()
     pipeline = SpeechPipeline(

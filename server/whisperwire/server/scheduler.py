@@ -6,6 +6,14 @@ cancelled work is dropped before it reaches the engine. Which work goes next is 
 policy's (queue_policy.py): interactive first, bulk in a bounded share. With a latency target,
 new work that would wait past it is refused at once (admit) instead of being served late.
 
+On an engine with in-flight batching (a StepBatcher) and `step_batching` on, greedy windows
+do not wait for a whole batch: between two `advance` calls of the engine, the scheduler
+admits queued windows into free slots (finals, then partials, then bulk; bulk holds at most
+`bulk_batch_size` slots, or all but an eighth, so streams always find one), passes the tickets
+of callers that went away (their slots free at once), and resolves each window the moment the
+engine returns it. Other work (language detection, alignment, beam search, sampling) runs as
+whole-batch calls between advances.
+
 A watchdog bounds every engine call by `stall_seconds` per item of its batch, plus one more
 `stall_seconds`. A call that overruns it (a hung GPU, a wedged runtime) cannot be cancelled:
 its thread stays stuck. So the scheduler fails that batch's callers and every later one with
@@ -33,6 +41,9 @@ from whisperwire.server.engine import (
     Features,
     Generation,
     GenerationParams,
+    StepBatcher,
+    WindowRequest,
+    step_batcher,
     word_aligner,
 )
 from whisperwire.server.errors import BusyError, EngineError, EngineLostError
@@ -65,6 +76,7 @@ class _Work:
     enqueued: float = field(compare=False)
     # Alignment only: the item's text tokens and its count of log-mel frames with audio.
     text: tuple[Sequence[int], int] | None = field(default=None, compare=False)
+    admitted: float = field(default=0.0, compare=False)  # step mode: when it joined the decode
 
 
 class BatchScheduler:
@@ -82,6 +94,7 @@ class BatchScheduler:
         metrics: Metrics | None = None,
         stall_seconds: float = 60.0,
         on_engine_lost: Callable[[EngineLostError], None] | None = None,
+        step_batching: bool = True,
     ) -> None:
         self.engine = engine
         self.max_batch_size = min(
@@ -109,6 +122,10 @@ class BatchScheduler:
         self.stall_seconds = stall_seconds
         self._on_engine_lost = on_engine_lost
         self.lost: EngineLostError | None = None
+        self._stepper: StepBatcher | None = step_batcher(engine) if step_batching else None
+        self._in_flight: dict[int, _Work] = {}  # step mode: by ticket (the work's seq)
+        self._bulk_slots = bulk_batch_size or max(1, self.max_batch_size - self.max_batch_size // 8)
+        self._unresolved_seconds = 0.0  # step mode: engine time since a window last finished
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -118,9 +135,10 @@ class BatchScheduler:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for work in self._pending:
+        for work in [*self._pending, *self._in_flight.values()]:
             work.future.cancel()
         self._pending.clear()
+        self._in_flight.clear()
         # A stalled engine thread never returns: waiting for it would hang the shutdown.
         self._executor.shutdown(wait=self.lost is None, cancel_futures=True)
 
@@ -130,6 +148,11 @@ class BatchScheduler:
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
+
+    @property
+    def in_flight(self) -> int:
+        """Windows decoding in the engine right now (step mode)."""
+        return len(self._in_flight)
 
     # ---- Runner ---------------------------------------------------------------------------
     async def generate(
@@ -221,6 +244,8 @@ class BatchScheduler:
             for w in self._pending
             if not w.future.done() and (w.priority.interactive or not priority.interactive)
         )
+        if self._stepper is not None:  # free slots take new windows at the next step
+            ahead = max(0, ahead - (self.max_batch_size - len(self._in_flight)))
         left = 0.0
         if self._running is not None:
             started, estimate = self._running
@@ -234,14 +259,17 @@ class BatchScheduler:
     # ---- the loop ---------------------------------------------------------------------------
     async def _loop(self) -> None:
         while self.lost is None:
-            await self._wakeup.wait()
-            await self._gather_window()
+            if not self._in_flight:  # windows in flight keep the loop stepping
+                await self._wakeup.wait()
+                await self._gather_window()
             batch = self._take_batch()
             if not self._pending:
                 self._wakeup.clear()
             self.metrics.queue_depth.set(len(self._pending))
             if batch:
                 await self._run(batch)
+            if self.lost is None and (self._in_flight or self._admissible()):
+                await self._step()
 
     async def _gather_window(self) -> None:
         """Give concurrent callers a moment to join the batch, unless it is already full."""
@@ -257,14 +285,119 @@ class BatchScheduler:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
 
     def _take_batch(self) -> list[_Work]:
-        live = [w for w in self._pending if not w.future.done()]
-        if not live:
-            self._pending.clear()
+        """The next whole-batch engine call (in step mode only work the steps cannot take)."""
+        self._pending = [w for w in self._pending if not w.future.done()]
+        whole = [w for w in self._pending if not self._steps(w)]
+        if not whole:
             return []
-        batch = self.policy.next_batch(live)
-        taken = {id(w) for w in batch}
-        self._pending = [w for w in live if id(w) not in taken]
+        batch = self.policy.next_batch(whole)
+        self._remove_pending(batch)
         return batch
+
+    def _remove_pending(self, works: Sequence[_Work]) -> None:
+        taken = {id(w) for w in works}
+        self._pending = [w for w in self._pending if id(w) not in taken]
+
+    def _steps(self, work: _Work) -> bool:
+        """Whether this work is decoded step-level (else it runs in whole-batch calls)."""
+        return (
+            self._stepper is not None
+            and isinstance(work.key, GenerationParams)
+            and self._stepper.steppable(work.key)
+        )
+
+    # ---- step mode ----------------------------------------------------------------------------
+    def _admissible(self) -> list[_Work]:
+        """Queued windows that may join the decode now, most urgent first: finals, partials,
+        then bulk within its slots. One call admits windows of one set of parameters."""
+        if self._stepper is None:
+            return []
+        waiting = sorted(
+            (w for w in self._pending if not w.future.done() and self._steps(w)),
+            key=lambda w: (w.priority, w.seq) if self.policy.interactive_first else w.seq,
+        )
+        if not waiting:
+            return []
+        params = waiting[0].key
+        assert isinstance(params, GenerationParams)
+        free = self._stepper.free_slots(params)
+        bulk_free = self._bulk_slots - sum(
+            1 for w in self._in_flight.values() if not w.priority.interactive
+        )
+        chosen: list[_Work] = []
+        for work in waiting:
+            if len(chosen) == free:
+                break
+            if work.key != params:
+                continue
+            if not work.priority.interactive:
+                if bulk_free <= 0:
+                    continue
+                bulk_free -= 1
+            chosen.append(work)
+        return chosen
+
+    async def _step(self) -> None:
+        """Admit what may join, drop callers that went away, and run one engine advance."""
+        assert self._stepper is not None
+        stepper = self._stepper
+        admit = self._admissible()
+        self._remove_pending(admit)
+        now = time.perf_counter()
+        for work in admit:
+            work.admitted = now
+            self._in_flight[work.seq] = work
+        gone = [t for t, w in self._in_flight.items() if w.future.done()]
+        for ticket in gone:
+            del self._in_flight[ticket]
+        requests = [_window_request(w) for w in admit]
+        self.metrics.queue_depth.set(len(self._pending))
+        finished = await self._engine_round(
+            lambda: stepper.advance(requests, gone), list(self._in_flight.values())
+        )
+        if finished is None:
+            return
+        done = time.perf_counter()
+        for ticket, generation in finished.items():
+            work = self._in_flight.pop(ticket)
+            if not work.future.done():
+                work.future.set_result(_Outcome(generation, work.admitted, done))
+
+    async def _engine_round(
+        self, call: Callable[[], dict[int, Generation]], works: list[_Work]
+    ) -> dict[int, Generation] | None:
+        """One advance under the watchdog; on failure the windows in flight fail (the engine
+        dropped them) and None is returned."""
+        started = time.perf_counter()
+        running = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        bound = self.stall_bound(len(works))
+        try:
+            finished = await asyncio.wait_for(asyncio.shield(running), bound)
+        except TimeoutError:
+            self._lose_engine(works, _stalled(len(works), bound))
+            return None
+        except EngineLostError as lost:
+            self._lose_engine(works, lost)
+            return None
+        except Exception as exc:
+            log.exception("engine step failed", extra={"batch_size": len(works)})
+            error = EngineError(f"engine failed decoding {len(works)} windows: {exc}")
+            for w in works:
+                if not w.future.done():
+                    w.future.set_exception(error)
+            self._in_flight.clear()
+            return None
+        self._observe_step(len(works), len(finished), time.perf_counter() - started)
+        return finished
+
+    def _observe_step(self, windows: int, finished: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(windows)
+        self.metrics.engine_seconds.labels("step").observe(seconds)
+        self._unresolved_seconds += seconds
+        if finished:  # engine seconds per finished window, for wait estimates
+            per_window = self._unresolved_seconds / finished
+            self._window_seconds = 0.8 * self._window_seconds + 0.2 * per_window
+            self._unresolved_seconds = 0.0
 
     def stall_bound(self, batch_size: int) -> float:
         """Seconds an engine call on `batch_size` items may take before it counts as stalled."""
@@ -281,14 +414,7 @@ class BatchScheduler:
             # shield: on timeout the engine thread cannot be stopped; only the wait ends.
             results = await asyncio.wait_for(asyncio.shield(running), bound)
         except TimeoutError:
-            self._lose_engine(
-                batch,
-                EngineLostError(
-                    f"the engine did not finish a batch of {len(batch)} within {bound:.0f} s; "
-                    "this server is stopping so that a healthy one replaces it",
-                    reason="ENGINE_STALLED",
-                ),
-            )
+            self._lose_engine(batch, _stalled(len(batch), bound))
             return
         except EngineLostError as lost:
             self._lose_engine(batch, lost)
@@ -312,10 +438,11 @@ class BatchScheduler:
         """Fail this batch and everything queued, refuse new work, and tell the server."""
         log.critical("engine lost: %s", lost.message, extra={"batch_size": len(batch)})
         self.lost = lost
-        for w in [*batch, *self._pending]:
+        for w in [*batch, *self._pending, *self._in_flight.values()]:
             if not w.future.done():
                 w.future.set_exception(lost)
         self._pending.clear()
+        self._in_flight.clear()
         self.metrics.queue_depth.set(0)
         if self._on_engine_lost is not None:
             self._on_engine_lost(lost)
@@ -349,3 +476,16 @@ class BatchScheduler:
         self._window_seconds = 0.8 * self._window_seconds + 0.2 * seconds / size
         self.metrics.batch_size.observe(size)
         self.metrics.engine_seconds.labels(kind).observe(seconds)
+
+
+def _stalled(windows: int, bound: float) -> EngineLostError:
+    return EngineLostError(
+        f"the engine did not finish a batch of {windows} within {bound:.0f} s; "
+        "this server is stopping so that a healthy one replaces it",
+        reason="ENGINE_STALLED",
+    )
+
+
+def _window_request(work: _Work) -> WindowRequest:
+    assert isinstance(work.key, GenerationParams)
+    return WindowRequest(work.seq, work.features, work.prompt or [], work.key)

@@ -13,9 +13,16 @@ from typing import Final
 import numpy as np
 import torch
 
-from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
+from whisperwire.server.engine import (
+    EngineInfo,
+    Features,
+    Generation,
+    GenerationParams,
+    WindowRequest,
+)
 from whisperwire.server.engines.torch_whisper.checkpoints import load_checkpoint
-from whisperwire.server.engines.torch_whisper.decoding import WhisperDecoder
+from whisperwire.server.engines.torch_whisper.decoding import Decoded, WhisperDecoder
+from whisperwire.server.engines.torch_whisper.inflight import Admission, InflightDecoder
 from whisperwire.server.engines.torch_whisper.logit_rules import SpecialTokens
 from whisperwire.server.engines.torch_whisper.model import ModelDimensions, Whisper
 from whisperwire.server.errors import ConfigurationError, ModelNotFoundError
@@ -56,6 +63,16 @@ class TorchEngine:
             use_cuda_graphs=cuda_graphs and device == "cuda",
             compile_encoder=compile_encoder,
         )
+        # Greedy windows decode in flight (own cache and state); beam search, sampling,
+        # language detection and alignment run whole batches on the decoder above.
+        self._inflight = InflightDecoder(
+            model,
+            self._special,
+            self._decoder.encode,
+            rows=max_batch_size,
+            lengths=self._decoder.lengths,
+            use_cuda_graphs=cuda_graphs and device == "cuda",
+        )
         self.info = EngineInfo(
             name="torch",
             model=model_name,
@@ -84,7 +101,36 @@ class TorchEngine:
             suppress_blank=params.suppress_blank,
             no_speech=params.return_no_speech_prob,
         )
-        return [Generation(d.tokens, d.sum_logprob, d.no_speech_prob) for d in decoded]
+        return [_generation(d) for d in decoded]
+
+    # ---- in-flight batching (StepBatcher) ---------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return self._inflight.in_flight
+
+    def steppable(self, params: GenerationParams) -> bool:
+        return params.beam_size == 1 and params.temperature == 0
+
+    def free_slots(self, params: GenerationParams) -> int:
+        return self._inflight.free_slots(_rule_config(params))
+
+    def advance(
+        self, admit: Sequence[WindowRequest], cancel: Sequence[int]
+    ) -> dict[int, Generation]:
+        self._inflight.cancel(cancel)
+        try:
+            if admit:
+                self._inflight.admit(
+                    _mel([w.features for w in admit]),
+                    [_admission(w) for w in admit],
+                    _rule_config(admit[0].params),
+                )
+            finished = self._inflight.advance()
+        except BaseException:
+            self._inflight.reset()  # the scheduler fails every window in flight
+            raise
+        return {ticket: _generation(d) for ticket, d in finished.items()}
 
     def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
         probs = self._decoder.language_probs(self._decoder.encode(_mel(features))).tolist()
@@ -104,6 +150,21 @@ def special_tokens(tokenizer: WhisperTokenizer) -> SpecialTokens:
         control_ids=(t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech),
         blank_ids=(*t.encode(" "), t.eot),
     )
+
+
+def _rule_config(params: GenerationParams) -> tuple[tuple[int, ...], bool]:
+    return params.suppress_tokens, params.suppress_blank
+
+
+def _admission(window: WindowRequest) -> Admission:
+    params = window.params
+    return Admission(
+        window.ticket, window.prompt, params.max_new_tokens, params.return_no_speech_prob
+    )
+
+
+def _generation(decoded: Decoded) -> Generation:
+    return Generation(decoded.tokens, decoded.sum_logprob, decoded.no_speech_prob)
 
 
 def _mel(features: Sequence[Features]) -> torch.Tensor:

@@ -103,7 +103,7 @@ class WhisperDecoder:
             torch.compile(model.encoder, dynamic=True) if compile_encoder else model.encoder
         )
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self._lengths = [n for n in LENGTH_BUCKETS if n < dims.n_text_ctx] + [dims.n_text_ctx]
+        self.lengths = [n for n in LENGTH_BUCKETS if n < dims.n_text_ctx] + [dims.n_text_ctx]
         self._first_logits: Tensor | None = None
         if use_cuda_graphs:
             self._capture_graphs()
@@ -158,7 +158,7 @@ class WhisperDecoder:
         return self._collect(rows, no_speech_probs)
 
     def _length(self, slots_needed: int) -> int:
-        return next(n for n in self._lengths if n >= slots_needed)
+        return next(n for n in self.lengths if n >= slots_needed)
 
     def _steps(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> int:
         return max(1, min(max_new_tokens, self.text_ctx - max(len(p) for p in prompts)))
@@ -285,7 +285,7 @@ class WhisperDecoder:
         sums = st.sum_logprob[:rows].tolist()
         probs: list[float | None] = [None] * rows if no_speech is None else no_speech.tolist()
         return [
-            Decoded(_until_eot(tokens, self.special.eot), total, prob)
+            Decoded(until_eot(tokens, self.special.eot), total, prob)
             for tokens, total, prob in zip(out, sums, probs, strict=True)
         ]
 
@@ -302,7 +302,7 @@ class WhisperDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side):
             for rows in buckets(self.max_rows):
-                for length in self._lengths:
+                for length in self.lengths:
                     for _ in range(2):  # warm-up: lazy kernel init must not happen in capture
                         st.sampled.zero_()
                         self._decode_step(rows, length)
@@ -458,5 +458,5 @@ class _BeamSearch:
         return Decoded(list(tokens), score, no_speech)
 
 
-def _until_eot(tokens: list[int], eot: int) -> list[int]:
+def until_eot(tokens: list[int], eot: int) -> list[int]:
     return tokens[: tokens.index(eot)] if eot in tokens else tokens

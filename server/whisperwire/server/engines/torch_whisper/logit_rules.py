@@ -36,7 +36,7 @@ class SpecialTokens:
 class RuleState:
     """Per-row history the timestamp rules need; every tensor is [rows] except `sampled`."""
 
-    sampled: Tensor  # 0-dim long: tokens sampled so far (the same for every row)
+    sampled: Tensor  # long, tokens sampled so far: 0-dim (the same for every row) or [rows]
     last: Tensor  # last sampled token (any value before the first)
     penultimate: Tensor  # the one before it
     last_timestamp: Tensor  # latest timestamp token sampled, or -1
@@ -70,7 +70,7 @@ class LogitRules:
 
     def apply(self, logits: Tensor, state: RuleState) -> Tensor:
         """Masked float logits [rows, vocab]: forbidden tokens are -inf."""
-        first = state.sampled == 0
+        first = (state.sampled == 0).reshape(-1, 1)  # [1 or rows, 1]
         forbidden = self.suppress | (self.blank & first & self.suppress_blank)
         logits = logits.masked_fill(forbidden, float("-inf"))
         timestamp_rules = self._timestamp_mask(state, first)

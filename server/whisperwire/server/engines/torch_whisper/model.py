@@ -175,8 +175,9 @@ class DecoderCache:
         self.self_k, self.self_v = slab(dims.n_text_ctx), slab(dims.n_text_ctx)
         self.cross_k, self.cross_v = slab(dims.n_audio_ctx), slab(dims.n_audio_ctx)
 
-    def fill_cross(self, model: Whisper, audio: Tensor, rows: slice) -> None:
-        """Compute every layer's cross-attention K/V of `audio` [B, 1500, state] into `rows`."""
+    def fill_cross(self, model: Whisper, audio: Tensor, rows: slice | Tensor) -> None:
+        """Compute every layer's cross-attention K/V of `audio` [B, 1500, state] into `rows`
+        (a slice, or the indices of B rows)."""
         for i, block in enumerate(model.decoder.layers()):
             attn = block.cross_attn
             self.cross_k[i, rows] = attn.heads(attn.key(audio))
@@ -200,9 +201,9 @@ def decode_tokens(
     """Run the decoder over `tokens` [B, S] of rows 0..B-1 and return hidden states [B, S, state].
 
     `positions` [B, S] index the positional embedding; `cache_index` [S] are the cache slots
-    the S tokens' keys and values are written to; `mask` [B, 1, S, L] says which of the first
-    L cache slots each token may attend to (L bounds what attention reads). No host
-    synchronisation: safe inside a CUDA graph.
+    the S tokens' keys and values are written to ([B, S]: each row's own slots); `mask`
+    [B, 1, S, L] says which of the first L cache slots each token may attend to (L bounds what
+    attention reads). No host synchronisation: safe inside a CUDA graph.
     """
     decoder = model.decoder
     rows, length = tokens.shape[0], mask.shape[-1]
@@ -211,8 +212,8 @@ def decode_tokens(
         attn = block.attn
         q, k, v = attn.project_qkv(block.attn_ln(x))
         self_k, self_v = cache.self_k[i, :rows, :, :length], cache.self_v[i, :rows, :, :length]
-        self_k.index_copy_(2, cache_index, k)
-        self_v.index_copy_(2, cache_index, v)
+        _write_slots(self_k, cache_index, k)
+        _write_slots(self_v, cache_index, v)
         x = x + attn.merge(F.scaled_dot_product_attention(q, self_k, self_v, attn_mask=mask))
         cross = block.cross_attn
         q = cross.heads(cross.query(block.cross_attn_ln(x)))
@@ -221,6 +222,39 @@ def decode_tokens(
         )
         x = x + block.mlp(block.mlp_ln(x))
     return decoder.ln(x)  # type: ignore[no-any-return]
+
+
+def prefill_rows(model: Whisper, cache: DecoderCache, rows: Tensor, tokens: Tensor) -> Tensor:
+    """Start fresh sequences in cache rows `rows` [B]: run `tokens` [B, S] (right-padded
+    prompts) from position 0, write their keys and values to the rows' slots 0..S-1, and
+    return hidden states [B, S, state]. A row's padding is overwritten as it decodes, and
+    later steps attend only up to their own position, so it is never read."""
+    decoder = model.decoder
+    length = tokens.shape[1]
+    x = decoder.token_embedding(tokens) + decoder.positional_embedding[:length]
+    for i, block in enumerate(decoder.layers()):
+        attn = block.attn
+        q, k, v = attn.project_qkv(block.attn_ln(x))
+        cache.self_k[i, rows, :, :length] = k
+        cache.self_v[i, rows, :, :length] = v
+        x = x + attn.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        cross = block.cross_attn
+        q = cross.heads(cross.query(block.cross_attn_ln(x)))
+        x = x + cross.merge(
+            F.scaled_dot_product_attention(q, cache.cross_k[i, rows], cache.cross_v[i, rows])
+        )
+        x = x + block.mlp(block.mlp_ln(x))
+    return decoder.ln(x)  # type: ignore[no-any-return]
+
+
+def _write_slots(cache: Tensor, index: Tensor, values: Tensor) -> None:
+    """Write `values` [B, H, S, d] into `cache` [B, H, L, d] at slots `index` ([S] shared by
+    every row, or [B, S] per row)."""
+    if index.dim() == 1:
+        cache.index_copy_(2, index, values)
+        return
+    rows, heads, _, dim = values.shape
+    cache.scatter_(2, index[:, None, :, None].expand(rows, heads, -1, dim), values)
 
 
 def logits(model: Whisper, hidden: Tensor) -> Tensor:

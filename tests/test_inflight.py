@@ -1,0 +1,287 @@
+"""In-flight batching on the torch engine (real tiny.en weights, CPU): windows join and leave
+the running decode at step boundaries and decode exactly as in a whole batch (which the torch
+engine tests hold token-for-token to OpenAI's decoder); cancelled windows free their slot at
+once; the scheduler admits finals ahead of bulk work and keeps slots for streams; through a
+real server, streams and files share the decode and a caller that leaves frees its windows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.grpc_helpers import END, audio_requests, collect, config_request, finals, serving, stub
+from tests.speech import (
+    ENGLISH_CLIPS,
+    HESTER,
+    JFK,
+    NIGHTFALL,
+    load_pcm16k,
+    silence,
+    to_s16le,
+    to_wav_bytes,
+    wer,
+)
+from whisperwire.server.domain import DecodeOptions
+from whisperwire.server.engine import Generation, GenerationParams, WindowRequest
+from whisperwire.server.engines.torch import TorchEngine, load_torch_engine
+from whisperwire.server.features import window_features
+from whisperwire.server.runner import Priority
+from whisperwire.server.scheduler import BatchScheduler
+from whisperwire.server.tokenizer import WhisperTokenizer
+from whisperwire.v1 import transcription_service_pb2 as pb
+
+TorchModel = tuple[TorchEngine, WhisperTokenizer]
+SLOTS = 4
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_en_dir: Path) -> TorchModel:
+    torch.set_num_threads(2)
+    return load_torch_engine(str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=SLOTS)
+
+
+def mel_of(clip: object) -> np.ndarray:
+    return window_features(load_pcm16k(clip), 80)  # type: ignore[arg-type]
+
+
+def prompt_of(tokenizer: WhisperTokenizer, timestamps: bool = False) -> list[int]:
+    return tokenizer.prompt(language="en", task=DecodeOptions().task, timestamps=timestamps)
+
+
+def params_of(tokenizer: WhisperTokenizer) -> GenerationParams:
+    return GenerationParams(max_new_tokens=224, suppress_tokens=tokenizer.non_speech_tokens())
+
+
+def drain(engine: TorchEngine, limit: int = 200) -> dict[int, Generation]:
+    done: dict[int, Generation] = {}
+    for _ in range(limit):
+        if not engine.in_flight:
+            return done
+        done.update(engine.advance([], []))
+    raise AssertionError("windows never finished")
+
+
+# ---- the engine ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timestamps", [False, True], ids=["text", "timestamps"])
+def test_windows_joining_mid_decode_decode_as_in_a_whole_batch(
+    tiny: TorchModel, timestamps: bool
+) -> None:
+    """JFK and NIGHTFALL start together; HESTER (the shortest) joins 4 steps later and still
+    leaves before JFK: nobody waits for the slowest window of a batch."""
+    engine, tokenizer = tiny
+    clips = [JFK, NIGHTFALL, HESTER]
+    mels = [mel_of(c) for c in clips]
+    prompt, params = prompt_of(tokenizer, timestamps), params_of(tokenizer)
+    whole = engine.generate(mels, [prompt] * 3, params)
+
+    returned: dict[int, tuple[int, Generation]] = {}
+    requests = [WindowRequest(i, mels[i], prompt, params) for i in range(3)]
+    for advance in range(200):
+        admit = requests[:2] if advance == 0 else requests[2:] if advance == 1 else []
+        for ticket, generation in engine.advance(admit, []).items():
+            returned[ticket] = (advance, generation)
+        if len(returned) == 3:
+            break
+    assert engine.in_flight == 0
+    for i, expected in enumerate(whole):
+        got = returned[i][1]
+        assert got.token_ids == expected.token_ids, clips[i].name
+        assert got.cum_logprob == pytest.approx(expected.cum_logprob, abs=1e-3)
+        assert got.no_speech_prob == pytest.approx(expected.no_speech_prob, abs=1e-4)
+    assert len(whole[2].token_ids) + 4 < len(whole[0].token_ids)
+    assert returned[2][0] < returned[0][0]  # HESTER left first, though it joined later
+
+
+def test_a_cancelled_window_frees_its_slot_at_the_next_step(tiny: TorchModel) -> None:
+    engine, tokenizer = tiny
+    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
+    clips = [JFK, NIGHTFALL, HESTER, JFK]
+    engine.advance([WindowRequest(i, mel_of(c), prompt, params) for i, c in enumerate(clips)], [])
+    assert engine.in_flight == SLOTS
+    assert engine.free_slots(params) == 0
+
+    returned = engine.advance([], [0, 3])  # two callers went away mid-decode
+    assert engine.free_slots(params) == 2
+    engine.advance([WindowRequest(9, mel_of(HESTER), prompt, params)], [])
+    returned.update(drain(engine))
+    assert set(returned) == {1, 2, 9}
+    assert wer(NIGHTFALL.reference, tokenizer.decode(returned[1].token_ids)) <= 0.1
+    assert returned[2].token_ids == returned[9].token_ids
+
+
+def test_windows_under_other_logit_rules_wait_for_the_decode_to_empty(tiny: TorchModel) -> None:
+    engine, tokenizer = tiny
+    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
+    other = GenerationParams(max_new_tokens=224)  # no non-speech suppression
+    engine.advance([WindowRequest(0, mel_of(HESTER), prompt, params)], [])
+    assert engine.free_slots(params) == SLOTS - 1
+    assert engine.free_slots(other) == 0
+    drain(engine)
+    assert engine.free_slots(other) == SLOTS
+    assert not engine.steppable(GenerationParams(max_new_tokens=224, beam_size=5))
+    assert not engine.steppable(GenerationParams(max_new_tokens=224, temperature=0.4))
+
+
+def test_a_failing_step_drops_every_window_and_the_engine_keeps_serving(
+    tiny: TorchModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, tokenizer = tiny
+    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
+    engine.advance([WindowRequest(0, mel_of(JFK), prompt, params)], [])
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(engine._inflight, "_step", broken)
+    with pytest.raises(RuntimeError, match="illegal memory"):
+        engine.advance([WindowRequest(1, mel_of(HESTER), prompt, params)], [])
+    assert engine.in_flight == 0
+    monkeypatch.undo()
+    engine.advance([WindowRequest(2, mel_of(HESTER), prompt, params)], [])
+    assert wer(HESTER.reference, tokenizer.decode(drain(engine)[2].token_ids)) <= 0.1
+
+
+# ---- the scheduler -------------------------------------------------------------------------
+
+
+class RecordingEngine:
+    """The real torch engine, recording which tickets each advance admitted."""
+
+    def __init__(self, engine: TorchEngine) -> None:
+        self._engine = engine
+        self.info = engine.info
+        self.admitted: list[list[int]] = []
+        self.generate = engine.generate
+        self.detect_language = engine.detect_language
+        self.steppable = engine.steppable
+        self.free_slots = engine.free_slots
+
+    @property
+    def in_flight(self) -> int:
+        return self._engine.in_flight
+
+    def advance(
+        self, admit: Sequence[WindowRequest], cancel: Sequence[int]
+    ) -> dict[int, Generation]:
+        self.admitted.append([w.ticket for w in admit])
+        return self._engine.advance(admit, cancel)
+
+
+async def test_finals_join_ahead_of_queued_bulk_and_bulk_keeps_its_slots(
+    tiny: TorchModel,
+) -> None:
+    """Six bulk windows queue first; bulk may hold 2 of the 4 slots. A final and a partial
+    arriving later join before the bulk windows still queued, the final first."""
+    engine, tokenizer = RecordingEngine(tiny[0]), tiny[1]
+    scheduler = BatchScheduler(engine, bulk_batch_size=2)
+    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
+    mel = mel_of(HESTER)
+
+    def submit(priority: Priority) -> asyncio.Task[tuple[list[Generation], object]]:
+        return asyncio.create_task(scheduler.generate([mel], [prompt], params, priority=priority))
+
+    bulk = [submit(Priority.BULK) for _ in range(6)]
+    await asyncio.sleep(0)  # queued before the loop starts
+    partial, final = submit(Priority.PARTIAL), submit(Priority.FINAL)
+    await asyncio.sleep(0)
+    scheduler.start()
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*bulk, partial, final), 300)
+    finally:
+        await scheduler.stop()
+    admissions = [ticket for call in engine.admitted for ticket in call]
+    final_ticket, partial_ticket = 7, 6  # arrival numbers
+    assert admissions[:2] == [final_ticket, partial_ticket]  # ahead of every bulk window
+    assert engine.admitted[0][:4] == [final_ticket, partial_ticket, 0, 1]  # bulk: 2 slots
+    texts = {tokenizer.decode(generations[0].token_ids) for generations, _ in results}
+    assert len(texts) == 1 and wer(HESTER.reference, texts.pop()) <= 0.1
+
+
+async def test_step_batching_off_runs_whole_batches(tiny: TorchModel) -> None:
+    engine, tokenizer = RecordingEngine(tiny[0]), tiny[1]
+    scheduler = BatchScheduler(engine, step_batching=False)
+    scheduler.start()
+    try:
+        [generation], _ = await scheduler.generate(
+            [mel_of(HESTER)], [prompt_of(tokenizer)], params_of(tokenizer), priority=Priority.FINAL
+        )
+    finally:
+        await scheduler.stop()
+    assert engine.admitted == []
+    assert wer(HESTER.reference, tokenizer.decode(generation.token_ids)) <= 0.1
+
+
+# ---- through a real server -----------------------------------------------------------------
+
+
+async def until(condition: Callable[[], bool], polls: int = 600) -> bool:
+    for _ in range(polls):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+def long_recording(repeats: int = 2) -> tuple[bytes, str]:
+    clips = [c for _ in range(repeats) for c in ENGLISH_CLIPS]
+    audio = np.concatenate([x for c in clips for x in (load_pcm16k(c), silence(1.0))])
+    return to_wav_bytes(audio), " ".join(c.reference for c in clips)
+
+
+async def test_streams_and_files_share_the_decode_and_each_gets_its_own_text(
+    tiny: TorchModel,
+) -> None:
+    engine, tokenizer = tiny
+    wav, reference = long_recording()
+    async with serving(engine, tokenizer) as (running, channel):
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, running.scheduler.in_flight)
+                await asyncio.sleep(0.01)
+
+        async def transcribe_file() -> str:
+            request = pb.TranscribeRequest(audio_content=wav, config=pb.RecognitionConfig())
+            return (await stub(channel).Transcribe(request)).transcript.text
+
+        async def talk(clip: object) -> str:
+            pcm = to_s16le(load_pcm16k(clip))  # type: ignore[arg-type]
+            requests = [config_request(language="en"), *audio_requests(pcm, 3200), END]
+            [final] = finals(await collect(stub(channel).StreamAudio(iter(requests))))
+            return final.final_result.transcript.text
+
+        watcher = asyncio.create_task(watch())
+        texts = await asyncio.gather(transcribe_file(), *(talk(c) for c in ENGLISH_CLIPS))
+        watcher.cancel()
+    assert wer(reference, texts[0]) <= 0.1
+    for clip, text in zip(ENGLISH_CLIPS, texts[1:], strict=True):
+        assert wer(clip.reference, text) <= 0.1, (clip.name, text)
+    assert peak >= 2  # windows of different callers decoded side by side
+
+
+async def test_a_caller_that_leaves_frees_its_windows_mid_decode(tiny: TorchModel) -> None:
+    engine, tokenizer = tiny
+    wav, _ = long_recording(repeats=3)
+    async with serving(engine, tokenizer) as (running, channel):
+        call = stub(channel).Transcribe(
+            pb.TranscribeRequest(audio_content=wav, config=pb.RecognitionConfig())
+        )
+        assert await until(lambda: running.scheduler.in_flight > 0)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await until(lambda: engine.in_flight == 0 and running.scheduler.in_flight == 0)
+        assert running.scheduler.queue_depth == 0
+        reply = await stub(channel).Transcribe(
+            pb.TranscribeRequest(audio_content=HESTER.read(), config=pb.RecognitionConfig())
+        )
+    assert wer(HESTER.reference, reply.transcript.text) <= 0.1
