@@ -361,6 +361,15 @@ def write_results(run: Run, figures: list[Figure], details: dict[str, Any]) -> P
     return path
 
 
+def report(run: Run, figures: list[Figure], details: dict[str, Any]) -> Path:
+    """Write the run's result file, then print its figures, the load over the run and where
+    the file is."""
+    path = write_results(run, figures, details)
+    print(figures_table(figures))
+    print(f"\nloadavg {run.loadavg_start} -> {run.loadavg_samples}; results in {path}")
+    return path
+
+
 def _jsonable(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
