@@ -160,10 +160,7 @@ class Worker:
         line = self._proc.stdout.readline()
         if not line:
             raise RuntimeError(f"worker {self.name} exited with {self._proc.wait()}")
-        reply: dict[str, Any] = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(f"worker {self.name}: {reply['error']}")
-        return reply
+        return _parse_reply(self.name, line)
 
 
 class AsyncWorker:
@@ -205,10 +202,15 @@ class AsyncWorker:
         line = await self._proc.stdout.readline()
         if not line:
             raise RuntimeError(f"worker {self.name} exited with {await self._proc.wait()}")
-        reply: dict[str, Any] = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(f"worker {self.name}: {reply['error']}")
-        return reply
+        return _parse_reply(self.name, line)
+
+
+def _parse_reply(worker: str, line: str | bytes) -> dict[str, Any]:
+    """A worker's reply line as a dict, or the error it reports raised."""
+    answer: dict[str, Any] = json.loads(line)
+    if "error" in answer:
+        raise RuntimeError(f"worker {worker}: {answer['error']}")
+    return answer
 
 
 def worker_channel() -> tuple[IO[str], IO[str]]:
