@@ -289,6 +289,25 @@ class TunnelServer:
         self.service.stop()
 
 
+# ## Serving behind Modal's web proxy
+#
+# The two `@app.server` classes below start the same server on its own thread in their enter
+# hook (it returns once the server is warm and serving) and drain it in their exit hook; they
+# differ only in what Modal's proxy forwards: HTTP/2 to the gRPC port, or HTTP/1.1 to the HTTP
+# API's.
+
+
+def start_server(http_port: int | None = None) -> deploy.BackgroundServer:
+    """The server behind Modal's proxy, token required, started and warm: gRPC on GRPC_PORT,
+    and the HTTP API on `http_port` if given."""
+    settings = serving_settings(http_port=http_port)
+    deploy.require_token(settings)
+    engine, tokenizer = load_engine(settings)
+    server = deploy.BackgroundServer(settings, engine, tokenizer)
+    server.start()
+    return server
+
+
 # ## Scaling out behind one URL (unverified, opt-in)
 #
 # `@app.server` gives a stable URL (`https://<workspace>--whisperwire-grpcserver.<region>.
@@ -319,11 +338,7 @@ if SCALE_OUT_SERVER:
     class GrpcServer:
         @modal.enter()
         def start(self) -> None:
-            settings = serving_settings()
-            deploy.require_token(settings)
-            engine, tokenizer = load_engine(settings)
-            self.server = deploy.BackgroundServer(settings, engine, tokenizer)
-            self.server.start()
+            self.server = start_server()
 
         @modal.exit()
         def stop(self) -> None:
@@ -357,21 +372,11 @@ if SCALE_OUT_SERVER:
 class HttpApi:
     @modal.enter()
     def start(self) -> None:
-        self.server = serve_http_api()
+        self.server = start_server(http_port=HTTP_PORT)
 
     @modal.exit()
     def stop(self) -> None:
         self.server.stop(DRAIN_SECONDS)
-
-
-def serve_http_api() -> deploy.BackgroundServer:
-    """The server with its HTTP API on `HTTP_PORT`, token required, started and warm."""
-    settings = serving_settings(http_port=HTTP_PORT)
-    deploy.require_token(settings)
-    engine, tokenizer = load_engine(settings)
-    server = deploy.BackgroundServer(settings, engine, tokenizer)
-    server.start()
-    return server
 
 
 # ## A server for the ops entrypoints

@@ -160,10 +160,7 @@ class Worker:
         line = self._proc.stdout.readline()
         if not line:
             raise RuntimeError(f"worker {self.name} exited with {self._proc.wait()}")
-        reply: dict[str, Any] = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(f"worker {self.name}: {reply['error']}")
-        return reply
+        return _parse_reply(self.name, line)
 
 
 class AsyncWorker:
@@ -205,10 +202,15 @@ class AsyncWorker:
         line = await self._proc.stdout.readline()
         if not line:
             raise RuntimeError(f"worker {self.name} exited with {await self._proc.wait()}")
-        reply: dict[str, Any] = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(f"worker {self.name}: {reply['error']}")
-        return reply
+        return _parse_reply(self.name, line)
+
+
+def _parse_reply(worker: str, line: str | bytes) -> dict[str, Any]:
+    """A worker's reply line as a dict, or the error it reports raised."""
+    answer: dict[str, Any] = json.loads(line)
+    if "error" in answer:
+        raise RuntimeError(f"worker {worker}: {answer['error']}")
+    return answer
 
 
 def worker_channel() -> tuple[IO[str], IO[str]]:
@@ -358,6 +360,15 @@ def write_results(run: Run, figures: list[Figure], details: dict[str, Any]) -> P
         "details": details,
     }
     path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def report(run: Run, figures: list[Figure], details: dict[str, Any]) -> Path:
+    """Write the run's result file, then print its figures, the load over the run and where
+    the file is."""
+    path = write_results(run, figures, details)
+    print(figures_table(figures))
+    print(f"\nloadavg {run.loadavg_start} -> {run.loadavg_samples}; results in {path}")
     return path
 
 

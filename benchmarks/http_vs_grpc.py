@@ -31,14 +31,13 @@ from benchmarks.common import (
     Figure,
     Run,
     clip_key,
-    figures_table,
     interleaved,
     package_versions,
     percentile,
     reply,
+    report,
     table,
     worker_channel,
-    write_results,
 )
 from tests.engine_double import instant_engine
 
@@ -235,9 +234,7 @@ async def run_benchmark(args: argparse.Namespace) -> None:
         print(model_table(model, results[model]["summary"]), "\n", flush=True)
     figures = [f for m, r in results.items() for f in figures_for(m, r["summary"])]
     settings = {k: v for k, v in vars(args).items() if k not in ("client", "port", "http_port")}
-    path = write_results(run, figures, {"settings": settings, "models": results})
-    print(figures_table(figures))
-    print(f"\nloadavg {run.loadavg_start} -> {run.loadavg_samples}; results in {path}")
+    report(run, figures, {"settings": settings, "models": results})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,7 +43,6 @@ from benchmarks.common import (
     Run,
     Worker,
     clip_key,
-    figures_table,
     first_words,
     interleaved,
     load_clip,
@@ -52,9 +51,9 @@ from benchmarks.common import (
     peak_rss_mib,
     phrases_in_order,
     reply,
+    report,
     table,
     worker_channel,
-    write_results,
 )
 from benchmarks.load import QUIET, ForeignLoad, Pair, choose
 from tests.speech import Clip, normalise, wer
@@ -602,9 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     for f in figures:
         f.name += f" [{args.tag}]" if args.tag else ""
     details = {"settings": _settings(args), "audio_s": durations, "models": results}
-    path = write_results(run, figures, details)
-    print("\n" + figures_table(figures))
-    print(f"\nloadavg {run.loadavg_start} -> {run.loadavg_samples}; results in {path}")
+    report(run, figures, details)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -43,18 +43,17 @@ from benchmarks.common import (
     answer_requests,
     clip_key,
     cpu_seconds,
-    figures_table,
     ints,
     load_clip,
     package_versions,
     percentile,
     reply,
+    report,
     run_role,
     serve_worker,
     sleep_until,
     table,
     worker_channel,
-    write_results,
 )
 from benchmarks.load import QUIET, ForeignLoad
 from benchmarks.service_latency import DOC, ENGINE_FLOOR_MS, LATENCY_GOAL_MS
@@ -579,9 +578,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "models": results,
         "duration_s": time.perf_counter() - started,
     }
-    path = write_results(run, figures, details)
-    print(figures_table(figures))
-    print(f"\nloadavg {run.loadavg_start} -> {run.loadavg_samples}; results in {path}")
+    report(run, figures, details)
     print(f"took {details['duration_s'] / 60:.1f} min")
 
 

@@ -35,16 +35,15 @@ from benchmarks.common import (
     Figure,
     Run,
     clip_key,
-    figures_table,
     interleaved,
     load_clip,
     median,
     package_versions,
     percentile,
     reply,
+    report,
     table,
     worker_channel,
-    write_results,
 )
 from benchmarks.load import QUIET, ForeignLoad, choose
 from tests.engine_double import instant_engine
@@ -425,9 +424,7 @@ async def run_benchmark(args: argparse.Namespace) -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("client", "port", "pcm_dir")}
     for f in figures:
         f.name += f" [{args.tag}]" if args.tag else ""
-    path = write_results(run, figures, {"settings": settings, "models": results})
-    print(figures_table(figures))
-    print(f"\nloadavg {run.loadavg_start} -> {run.loadavg_samples}; results in {path}")
+    report(run, figures, {"settings": settings, "models": results})
 
 
 def main(argv: list[str] | None = None) -> None:

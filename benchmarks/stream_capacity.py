@@ -36,7 +36,6 @@ from benchmarks.common import (
     add_tag_and_roles,
     answer_requests,
     cpu_seconds,
-    figures_table,
     interleaved,
     ints,
     load_clip,
@@ -44,12 +43,12 @@ from benchmarks.common import (
     package_versions,
     percentile,
     reply,
+    report,
     run_role,
     serve_worker,
     sleep_until,
     table,
     worker_channel,
-    write_results,
 )
 from benchmarks.load import ForeignLoad
 from tests.speech import JFK
@@ -372,9 +371,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "peak_rss_mib": {"server": server_rss, "client": client_rss},
         "runs": runs,
     }
-    path = write_results(run, figures, details)
-    print("\n" + figures_table(figures))
-    print(f"\nloadavg {run.loadavg_start} -> {run.loadavg_samples}; results in {path}")
+    report(run, figures, details)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

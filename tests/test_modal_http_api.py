@@ -62,7 +62,7 @@ def volume(tmp_path: Path, tiny_en_dir: Path, whisper_assets_dir: Path) -> Itera
 @pytest.fixture
 def http_api(volume: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[BackgroundServer]:
     monkeypatch.setenv("WHISPERWIRE_TOKEN", TOKEN)
-    server = app.serve_http_api()  # what HttpApi's enter hook runs
+    server = app.start_server(http_port=app.HTTP_PORT)  # what HttpApi's enter hook runs
     yield server
     server.stop(1.0)  # what its exit hook runs
 
@@ -86,4 +86,4 @@ def test_without_a_token_the_http_api_does_not_start(
 ) -> None:
     monkeypatch.delenv("WHISPERWIRE_TOKEN", raising=False)
     with pytest.raises(ConfigurationError, match="needs a bearer token"):
-        app.serve_http_api()
+        app.start_server(http_port=app.HTTP_PORT)

@@ -67,6 +67,12 @@ class EngineTime:
     queue: float = 0.0
     engine: float = 0.0
 
+    @classmethod
+    def between(cls, queued: float, started: float, finished: float) -> EngineTime:
+        """The time of work queued, taken up by the engine and finished at these readings of
+        one monotonic clock (`time.perf_counter()`)."""
+        return cls(queue=started - queued, engine=finished - started)
+
     def __add__(self, other: EngineTime) -> EngineTime:
         return EngineTime(self.queue + other.queue, self.engine + other.engine)
 

@@ -119,4 +119,4 @@ class DirectRunner:
         async with self._lock:
             started = time.perf_counter()
             result = await asyncio.to_thread(call)
-        return result, EngineTime(started - queued, time.perf_counter() - started)
+        return result, EngineTime.between(queued, started, time.perf_counter())
