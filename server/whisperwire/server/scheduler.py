@@ -221,8 +221,9 @@ class BatchScheduler:
             for w in works:
                 w.future.cancel()  # dropped by the loop before it reaches the engine
             raise
-        first_start = min(o.started for o in outcomes)
-        spent = EngineTime(first_start - now, max(o.finished for o in outcomes) - first_start)
+        spent = EngineTime.between(
+            now, min(o.started for o in outcomes), max(o.finished for o in outcomes)
+        )
         return list(outcomes), spent
 
     def admit(self, priority: Priority) -> None:
