@@ -87,7 +87,7 @@ def _clips() -> list[tuple[str, bytes]]:
 async def _talk(
     target: str, index: int, start_at: float, stop_at: float, clips: list[tuple[str, bytes]]
 ) -> list[dict[str, Any]]:
-    from whisperwire.client import AsyncClient, Final, RecognitionOptions, StreamOptions
+    from whisperwire.client import AsyncClient, FinalResult, RecognitionOptions, StreamOptions
 
     utterances: list[dict[str, Any]] = []
     await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -107,7 +107,7 @@ async def _talk(
             await stream.end_utterance()
             record: dict[str, Any] = {"released": released, "reference": reference}
             try:
-                while not isinstance(event := await stream.next_event(), Final):
+                while not isinstance(event := await stream.next_event(), FinalResult):
                     if event is None:
                         raise RuntimeError("stream ended without a final")
                 record["latency"] = time.time() - released
