@@ -285,9 +285,11 @@ class TrtLlmEngine:
 
     def _cancel_requests(self, parts: list[_Request]) -> None:
         for part in parts:
-            self._call("cancel_request", part.id)
-            self._tickets.pop(part.id or 0, None)
-            self._draining.add(part.id or 0)
+            request_id = part.id
+            assert request_id is not None  # enqueued by _submit
+            self._call("cancel_request", request_id)
+            self._tickets.pop(request_id, None)
+            self._draining.add(request_id)
 
     def _route(self, response: Any) -> None:
         request_id = response.request_id
