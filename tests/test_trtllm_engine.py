@@ -471,10 +471,10 @@ def runner_of(engine: TrtLlmEngine) -> Any:
 def test_a_failed_call_rebuilds_the_runner(
     tiny_engine_dir: Path, runtime: ModuleType, jfk_features: Any
 ) -> None:
-    """#errors: after a failure the wedged runner is shut down and a fresh one serves."""
+    """#errors: after an executor call raises, its runner is shut down and a fresh one serves."""
     engine, tokenizer = load_trtllm_engine(trtllm_settings(tiny_engine_dir))
     wedged = runner_of(engine)
-    wedged.fail_next_call("Encoder output shape mismatch")
+    wedged.session.raise_on_next_call("Encoder output shape mismatch")
     params = GenerationParams(max_new_tokens=40)
     with pytest.raises(EngineError, match="shape mismatch"):
         engine.generate([jfk_features] * 2, [PROMPT] * 2, params)
@@ -483,11 +483,25 @@ def test_a_failed_call_rebuilds_the_runner(
     assert wer(JFK.reference, tokenizer.decode(generation.token_ids)) <= MAX_WER
 
 
+def test_an_error_response_fails_the_batch_and_keeps_the_runner(
+    tiny_trtllm: tuple[TrtLlmEngine, WhisperTokenizer], jfk_features: Any
+) -> None:
+    """#errors: the executor answers a refused request with an error and serves on."""
+    engine, _ = tiny_trtllm
+    runner = runner_of(engine)
+    runner.session.fail_next_request("Encoder input features are malformed")
+    params = GenerationParams(max_new_tokens=40)
+    with pytest.raises(EngineError, match="malformed"):
+        engine.generate([jfk_features] * 2, [PROMPT] * 2, params)
+    assert runner_of(engine) is runner and runner.session.idle
+    assert engine.generate([jfk_features], [PROMPT], params)[0].token_ids
+
+
 def test_a_runner_that_cannot_be_rebuilt_loses_the_engine(
     tiny_engine_dir: Path, runtime: ModuleType, jfk_features: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine, _ = load_trtllm_engine(trtllm_settings(tiny_engine_dir))
-    runner_of(engine).fail_next_call("device lost")
+    runner_of(engine).session.raise_on_next_call("device lost")
 
     def no_gpu_left() -> Any:
         raise RuntimeError("CUDA error: no CUDA-capable device is detected")

@@ -7,12 +7,14 @@ It is called from exactly one thread (the scheduler's worker), so adapters need 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from whisperwire.server.errors import EngineError
 
 Features = npt.NDArray[np.float32]  # [n_mels, 3000] log-mel of one 30 s window
 
@@ -137,10 +139,12 @@ class StepBatcher(Protocol):
 
     def advance(
         self, admit: Sequence[WindowRequest], cancel: Sequence[int]
-    ) -> dict[int, Generation]:
+    ) -> Mapping[int, Generation | EngineError]:
         """Drop the `cancel` tickets' windows, admit `admit` (at most `free_slots`; their
         encoder runs as one batch), run a few decode steps over every window in flight, and
-        return the windows that finished, by ticket."""
+        return the windows that finished, by ticket: its Generation, or the EngineError its
+        caller gets when the engine failed on that window alone. Raising EngineError means
+        the engine failed as a whole: every window in flight is dropped (in_flight is 0)."""
         ...
 
 

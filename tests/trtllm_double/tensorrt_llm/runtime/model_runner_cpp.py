@@ -7,6 +7,8 @@ tokens computed by the real CTranslate2 model that the engine directory's `doubl
 
 As strict as the real runtime where it matters to the adapter:
 - features must have the encoder engine's dtype (the executor's copy refuses others);
+- `cum_log_probs` are zeros unless `output_log_probs=True` (the executor returns them only
+  with log_probs);
 - `sequence_lengths` exclude the end-of-text token; per-token `log_probs` are normalised over
   the sampled top-k, hence 0 under greedy decoding; `cum_log_probs` include the EOS step;
 - `generation_logits` come back only when `from_dir(gather_generation_logits=True)` and
@@ -14,7 +16,10 @@ As strict as the real runtime where it matters to the adapter:
 - an error response (`fail_next_call`, the double's fault injection) leaves the batch's other
   responses queued in `session`, and the next `generate` on that runner fails instead of
   hanging as the real one would; `session.await_responses(timeout=...)` drains them, and
-  `session.shutdown()` retires the runner;
+  `session.shutdown()` retires the runner; `generate` also refuses to run while requests
+  enqueued on `session` directly are in flight (it would read their responses as its own);
+- `session` is the double's Executor (`tensorrt_llm.bindings.executor`, documented there),
+  answering requests with the same CTranslate2 model and checks as `generate`;
 - options the adapter relies on (`bad_words_list`, `min_tokens`, sampling) are honoured; any
   option the double cannot emulate raises NotImplementedError rather than being ignored.
 
@@ -38,7 +43,6 @@ Where the double knowingly differs from the real runtime:
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import threading
@@ -52,6 +56,16 @@ import numpy as np
 import numpy.typing as npt
 import tokenizers
 import torch
+from tensorrt_llm.bindings.executor import (
+    Answer,
+    ContractViolation,
+    Executor,
+    FinishReason,
+    Request,
+    Response,
+    Result,
+    _require,
+)
 
 # Side file in the engine dir: {"ct2_model_dir": ..., "compute_type": ..., "threads": ...}.
 DOUBLE_CONFIG = "double.json"
@@ -77,10 +91,6 @@ _CT2_TEXT_CTX = 448
 Mel = npt.NDArray[np.float32]
 
 
-class ContractViolation(ValueError):
-    """A call that breaks the documented ModelRunnerCpp contract for Whisper."""
-
-
 class _DefaultOne:
     """`max_new_tokens`'s default: 1, and a trap for Whisper, so omitting it fails."""
 
@@ -89,11 +99,6 @@ class _DefaultOne:
 
 
 _DEFAULT_MAX_NEW_TOKENS: Any = _DefaultOne()
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ContractViolation(message)
 
 
 @dataclass(frozen=True)
@@ -149,40 +154,6 @@ class _Probe:
     logits: torch.Tensor  # [vocab]
 
 
-@dataclass(frozen=True)
-class _Response:
-    request_id: int
-    error: str | None = None
-
-
-class _Executor:
-    """`runner.session`: the executor's queue of responses, as far as Whisper's use goes."""
-
-    def __init__(self) -> None:
-        self.stale: list[_Response] = []
-        self.is_shut_down = False
-        self._next_id = 1
-
-    def request_ids(self, count: int) -> list[int]:
-        first, self._next_id = self._next_id, self._next_id + count
-        return list(range(first, first + count))
-
-    def can_enqueue_requests(self) -> bool:
-        return not self.is_shut_down
-
-    def await_responses(self, timeout: datetime.timedelta | None = None) -> list[_Response]:
-        """Queued responses; with nothing queued and no timeout the real call blocks forever."""
-        _require(not self.is_shut_down, "await_responses on an executor that was shut down")
-        if not self.stale and timeout is None:
-            raise ContractViolation("await_responses() without a timeout would block forever")
-        drained, self.stale = self.stale, []
-        return drained
-
-    def shutdown(self) -> None:
-        self.is_shut_down = True
-        self.stale = []
-
-
 class ModelRunnerCpp:
     """Create with `from_dir`; `generate` decodes one batch at a time (docs/trtllm.md#serial)."""
 
@@ -197,7 +168,9 @@ class ModelRunnerCpp:
     ) -> None:
         self.limits = limits
         self.gather_generation_logits = gather_generation_logits
-        self.session = _Executor()
+        self.session = Executor(
+            self, max_batch_size=limits.max_batch_size, max_beam_width=limits.max_beam_width
+        )
         self._model = ctranslate2.models.Whisper(
             str(model_dir), device="cpu", compute_type=compute_type, intra_threads=threads
         )
@@ -375,6 +348,9 @@ class ModelRunnerCpp:
         finally:
             self._busy.release()
         outputs = self._outputs(prompts, decoded, num_beams, end_id, kwargs)
+        if not output_log_probs:
+            # docs/trtllm.md#outputs: the executor returns cum_log_probs only with log_probs.
+            outputs["cum_log_probs"] = torch.zeros_like(outputs["cum_log_probs"])
         if not return_dict:
             return outputs["output_ids"]
         wanted = {
@@ -388,20 +364,67 @@ class ModelRunnerCpp:
     def _check_usable(self) -> None:
         _require(self.session.can_enqueue_requests(), "Session cannot enqueue new requests")
         # docs/trtllm.md#errors: the real generate would count the stale responses and hang.
+        stale = self.session.get_num_responses_ready()
         _require(
-            not self.session.stale,
-            f"{len(self.session.stale)} stale responses of a failed call are still queued: "
+            stale == 0,
+            f"{stale} stale responses of a failed call are still queued: "
             "the real generate() would never return; drain or rebuild the runner first",
+        )
+        # docs/trtllm.md#executor: generate() reads every response, not only its own.
+        _require(
+            self.session.idle,
+            "generate() while requests enqueued on session are in flight would read their "
+            "responses as its own",
         )
 
     def _enqueue(self, count: int) -> None:
         """The executor answers each request; an injected error answers the first one."""
-        request_ids = self.session.request_ids(count)
+        request_ids = self.session.reserve_ids(count)
         if self._failure is not None:
             message, self._failure = self._failure, None
             # The error response is read first; the batch's others stay queued.
-            self.session.stale = [_Response(request_id) for request_id in request_ids[1:]]
+            for request_id in request_ids[1:]:
+                stale = Result(
+                    is_final=True, output_token_ids=[[]], finish_reasons=[FinishReason.END_ID]
+                )
+                self.session.deliver(Response(request_id, stale))
             raise RuntimeError(message)
+
+    # --- what the Executor asks of the model (tensorrt_llm.bindings.executor) -------------
+
+    def check_request_features(self, request: Request) -> None:
+        """docs/trtllm.md#generate: one [frames, n_mels] tensor, frames // 2 encoder outputs."""
+        mel = request.encoder_input_features
+        _require(mel is not None, "encoder_input_features must be given for Whisper")
+        assert mel is not None  # narrowed by the check above
+        self._check_mel(mel)
+        _require(
+            request.encoder_output_length == mel.shape[0] // 2,
+            f"encoder_output_length {request.encoder_output_length} != frames {mel.shape[0]} // 2",
+        )
+
+    def answer(self, requests: list[Request]) -> list[Answer]:
+        """Each request's whole decode, batched per decoding parameters as `generate` does."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(_decoding_key(request), []).append(index)
+        answers: dict[int, Answer] = {}
+        for indices in groups.values():
+            first = requests[indices[0]]
+            sampling = first.sampling_config.as_kwargs()
+            decoded = self._decode(
+                [_to_ct2_mel(requests[i].encoder_input_features) for i in indices],
+                [requests[i].input_token_ids for i in indices],
+                first.max_tokens,
+                first.sampling_config.beam_width,
+                sampling,
+                [word[0] for word in first.bad_words or []],
+                first.end_id,
+            )
+            greedy = _sampling(sampling)[0] == 1
+            for index, item in zip(indices, decoded, strict=True):
+                answers[index] = _answer(item, greedy)
+        return [answers[i] for i in range(len(requests))]
 
     def _check_prompts(self, batch_input_ids: list[torch.Tensor] | torch.Tensor) -> list[list[int]]:
         # One 1-D int tensor per request (a 2-D [B, P] tensor also works).
@@ -663,6 +686,25 @@ class ModelRunnerCpp:
             # [batch, beams, steps, vocab]
             outputs["generation_logits"] = torch.stack([p.logits for p in probes])[:, None, None]
         return outputs
+
+
+def _decoding_key(request: Request) -> tuple[Any, ...]:
+    """Requests that CTranslate2 can decode in one call share this."""
+    sampling = request.sampling_config.as_kwargs()
+    bad_words = tuple(tuple(word) for word in request.bad_words or [])
+    return (request.max_tokens, tuple(sorted(sampling.items())), bad_words, request.end_id)
+
+
+def _answer(item: list[_Hypothesis] | _Probe, greedy: bool) -> Answer:
+    if isinstance(item, _Probe):
+        log_prob = float(item.logits[item.token])
+        return Answer([[item.token]], False, [log_prob], greedy=True, logits=item.logits)
+    return Answer(
+        beams=[h.generated for h in item],
+        ended=item[0].ended,
+        mean_log_probs=[h.mean_log_prob for h in item],
+        greedy=greedy,
+    )
 
 
 def _sampling(kwargs: dict[str, Any]) -> tuple[int, float]:
