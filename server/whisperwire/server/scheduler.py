@@ -1,10 +1,12 @@
 """The batching scheduler: one loop per engine that batches every caller's windows.
 
-All engine calls happen on one dedicated thread, in order (ModelRunnerCpp.generate is not safe
-to call concurrently). Callers await futures; a caller that goes away cancels its futures, and
-cancelled work is dropped before it reaches the engine. Which work goes next is the queue
-policy's (queue_policy.py): interactive first, bulk in a bounded share. With a latency target,
-new work that would wait past it is refused at once (admit) instead of being served late.
+All engine calls happen on one dedicated thread, in order (engines need no locking: neither
+TensorRT-LLM's runner nor a CUDA graph replay is safe to drive from two threads at once).
+Callers await futures; a caller that goes away cancels its futures, and cancelled work is
+dropped before it reaches the engine (or, in flight, freed at the next step). Which work goes
+next is the queue policy's (queue_policy.py): interactive first, bulk in a bounded share. With
+a latency target, new work that would wait past it is refused at once (admit) instead of being
+served late.
 
 On an engine with in-flight batching (a StepBatcher) and `step_batching` on, greedy windows
 do not wait for a whole batch: between two `advance` calls of the engine, the scheduler
@@ -29,7 +31,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -359,14 +361,18 @@ class BatchScheduler:
         if finished is None:
             return
         done = time.perf_counter()
-        for ticket, generation in finished.items():
+        for ticket, result in finished.items():
             work = self._in_flight.pop(ticket)
-            if not work.future.done():
-                work.future.set_result(_Outcome(generation, work.admitted, done))
+            if work.future.done():
+                continue
+            if isinstance(result, EngineError):  # the engine failed this window alone
+                work.future.set_exception(result)
+            else:
+                work.future.set_result(_Outcome(result, work.admitted, done))
 
     async def _engine_round(
-        self, call: Callable[[], dict[int, Generation]], works: list[_Work]
-    ) -> dict[int, Generation] | None:
+        self, call: Callable[[], Mapping[int, Generation | EngineError]], works: list[_Work]
+    ) -> Mapping[int, Generation | EngineError] | None:
         """One advance under the watchdog; on failure the windows in flight fail (the engine
         dropped them) and None is returned."""
         started = time.perf_counter()
