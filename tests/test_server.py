@@ -16,6 +16,7 @@ from tests.grpc_helpers import (
     error_info,
     finals,
     paced,
+    serving,
     stub,
 )
 from tests.speech import (
@@ -28,6 +29,8 @@ from tests.speech import (
     to_s16le,
     wer,
 )
+from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
+from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
 from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc  # noqa: F401
 
@@ -288,3 +291,25 @@ async def test_server_keeps_serving_after_errors(tiny_channel: grpc.aio.Channel)
         pb.TranscribeRequest(audio_content=HESTER.read())
     )
     assert wer(HESTER.reference, response.transcript.text) <= 0.1
+
+
+async def test_files_decoded_in_worker_processes(
+    tiny_engine: tuple[CTranslate2Engine, WhisperTokenizer],
+) -> None:
+    """--decode-processes: uploads decode in spawned processes; results and decode errors
+    (pickled back across the process boundary) are the same as on threads."""
+    engine, tokenizer = tiny_engine
+    async with serving(engine, tokenizer, decode_processes=2) as (running, channel):
+        assert running.pipeline.decode_pool is not None
+        replies = await asyncio.gather(
+            *(
+                stub(channel).Transcribe(pb.TranscribeRequest(audio_content=clip.read()))
+                for clip in ENGLISH_CLIPS
+            )
+        )
+        for clip, reply in zip(ENGLISH_CLIPS, replies, strict=True):
+            assert wer(clip.reference, reply.transcript.text) <= 0.1, clip.name
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub(channel).Transcribe(pb.TranscribeRequest(audio_content=JFK.read()[:200]))
+        code, reason, _, _ = error_info(raised.value)
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "AUDIO_DECODE_FAILED")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +150,8 @@ class RunningServer:
             stopping.append(self.http.stop(grace))
         await asyncio.gather(*stopping)
         await self.scheduler.stop()
+        if self.pipeline.decode_pool is not None:
+            self.pipeline.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -185,7 +189,11 @@ async def start_server(
     )
     scheduler.start()
     pipeline = SpeechPipeline(
-        tokenizer, engine.info, scheduler, max_audio_seconds=settings.limits.max_audio_seconds
+        tokenizer,
+        engine.info,
+        scheduler,
+        max_audio_seconds=settings.limits.max_audio_seconds,
+        decode_pool=_decode_pool(settings.engine.decode_processes),
     )
     state = ServerState(settings)
     # The token check runs first: a refused call never reaches the servicer or its counts.
@@ -283,6 +291,13 @@ def _read_pem(path: Path, flag: str) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise ConfigurationError(f"cannot read {flag} {path}: {error}") from error
+
+
+def _decode_pool(processes: int) -> ProcessPoolExecutor | None:
+    """Spawned, not forked: the server process holds gRPC threads and perhaps a CUDA context."""
+    if processes == 0:
+        return None
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:

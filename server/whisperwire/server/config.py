@@ -50,6 +50,10 @@ class EngineSettings(_Group):
     the large models; the encoder, most of a short utterance's GPU time, gets ~20 % faster)."""
     threads: int = 0
     """Engine threads (CTranslate2 intra_threads); 0 = one per core."""
+    decode_processes: int = Field(default=0, ge=0)
+    """Worker processes that decode uploaded audio files; 0 decodes on threads of the server
+    process. On a GPU server under many uploads, processes keep decoding off the server's
+    interpreter lock, so streams stay responsive (on a CPU engine the cores are its)."""
 
 
 class BatchingSettings(_Group):

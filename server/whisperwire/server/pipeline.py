@@ -10,6 +10,7 @@ import asyncio
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -71,12 +72,16 @@ class SpeechPipeline:
         *,
         max_audio_seconds: float = 3 * 3600,
         vad_aggressiveness: int = 2,
+        decode_pool: Executor | None = None,
     ) -> None:
+        """`decode_pool` decodes uploaded files (a process pool: off this interpreter's lock);
+        None decodes them on a thread."""
         self.tokenizer = tokenizer
         self.engine = engine
         self.runner = runner
         self.max_audio_seconds = max_audio_seconds
         self.vad_aggressiveness = vad_aggressiveness
+        self.decode_pool = decode_pool
 
     # ---- validation -------------------------------------------------------------------
     def validate(self, options: DecodeOptions) -> DecodeOptions:
@@ -196,7 +201,7 @@ class SpeechPipeline:
         self, decode: Callable[[], list[Audio]], options: DecodeOptions, priority: Priority
     ) -> Transcript:
         started = time.perf_counter()
-        channels = await asyncio.to_thread(decode)
+        channels = await asyncio.get_running_loop().run_in_executor(self.decode_pool, decode)
         decoded = time.perf_counter() - started
         if len(channels) == 1:
             transcript = await self.transcribe(channels[0], options, priority=priority)

@@ -56,6 +56,7 @@ from whisperwire.server.runner import Priority
 log = logging.getLogger(__name__)
 
 DETECT = "detect-language"
+HOLD_ROUNDS = 2  # step mode: most advances a non-final window waits for a group to gather
 ALIGN = "align-words"
 _KINDS: dict[Hashable, str] = {DETECT: "detect", ALIGN: "align"}  # else "generate"
 
@@ -79,6 +80,7 @@ class _Work:
     # Alignment only: the item's text tokens and its count of log-mel frames with audio.
     text: tuple[Sequence[int], int] | None = field(default=None, compare=False)
     admitted: float = field(default=0.0, compare=False)  # step mode: when it joined the decode
+    queued_round: int = field(default=0, compare=False)  # step mode: the advance it arrived in
 
 
 class BatchScheduler:
@@ -128,6 +130,10 @@ class BatchScheduler:
         self._in_flight: dict[int, _Work] = {}  # step mode: by ticket (the work's seq)
         self._bulk_slots = bulk_batch_size or max(1, self.max_batch_size - self.max_batch_size // 8)
         self._unresolved_seconds = 0.0  # step mode: engine time since a window last finished
+        self._round = 0  # step mode: advances so far
+        # Admitting costs an encoder batch and a prefill, whatever its size: windows no one
+        # waits on word by word join in groups of this many (or after HOLD_ROUNDS advances).
+        self._admit_group = max(1, self.max_batch_size // 8)
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -210,7 +216,17 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         works = [
-            _Work(priority, next(self._seq), key, f, p, loop.create_future(), now, text)
+            _Work(
+                priority,
+                next(self._seq),
+                key,
+                f,
+                p,
+                loop.create_future(),
+                now,
+                text,
+                queued_round=self._round,
+            )
             for (f, p), text in zip(items, texts or [None] * len(items), strict=True)
         ]
         self._pending.extend(works)
@@ -319,7 +335,7 @@ class BatchScheduler:
             (w for w in self._pending if not w.future.done() and self._steps(w)),
             key=lambda w: (w.priority, w.seq) if self.policy.interactive_first else w.seq,
         )
-        if not waiting:
+        if not waiting or not self._time_to_admit(waiting):
             return []
         params = waiting[0].key
         assert isinstance(params, GenerationParams)
@@ -340,6 +356,16 @@ class BatchScheduler:
             chosen.append(work)
         return chosen
 
+    def _time_to_admit(self, waiting: list[_Work]) -> bool:
+        """A final joins at the next step; other windows once a group has gathered, after
+        HOLD_ROUNDS advances, or at once when the engine is idle."""
+        return (
+            not self._in_flight
+            or any(w.priority is Priority.FINAL for w in waiting)
+            or len(waiting) >= self._admit_group
+            or self._round - min(w.queued_round for w in waiting) >= HOLD_ROUNDS
+        )
+
     async def _step(self) -> None:
         """Admit what may join, drop callers that went away, and run one engine advance."""
         assert self._stepper is not None
@@ -355,6 +381,7 @@ class BatchScheduler:
             del self._in_flight[ticket]
         requests = [_window_request(w) for w in admit]
         self.metrics.queue_depth.set(len(self._pending))
+        self._round += 1
         finished = await self._engine_round(
             lambda: stepper.advance(requests, gone), list(self._in_flight.values())
         )

@@ -35,7 +35,7 @@ from whisperwire.server.engines.torch_whisper.model import (
     prefill_rows,
 )
 
-STEPS_PER_ADVANCE = 4  # decode steps between host reads of which rows finished
+STEPS_PER_ADVANCE = 8  # decode steps between host reads of which rows finished
 RuleConfig = tuple[tuple[int, ...], bool]  # (suppress_tokens, suppress_blank)
 
 
@@ -87,9 +87,11 @@ class InflightDecoder:
         rows: int,
         lengths: Sequence[int],
         use_cuda_graphs: bool,
+        steps_per_advance: int = STEPS_PER_ADVANCE,
     ) -> None:
         param = next(model.parameters())
         self.model, self.special, self.encode, self.rows = model, special, encode, rows
+        self.steps_per_advance = steps_per_advance
         self.device = param.device
         self.text_ctx = model.dims.n_text_ctx
         self.cache = DecoderCache(model, rows, device=self.device, dtype=param.dtype)
@@ -104,6 +106,18 @@ class InflightDecoder:
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         if use_cuda_graphs:
             self._capture_graphs()
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Admit and finish a window group of every bucket size once, so kernels load and
+        pick their algorithms now rather than on live traffic's first admissions."""
+        mel = torch.zeros(1, self.model.dims.n_mels, 3000)
+        prompt = [self.special.sot]
+        for size in buckets(self.rows):
+            windows = [Admission(-1 - i, prompt, 2, no_speech=True) for i in range(size)]
+            self.admit(mel.expand(size, -1, -1), windows, ((), True))
+            while self.in_flight:
+                self.advance()
 
     # ---- occupancy ------------------------------------------------------------------------
 
@@ -208,14 +222,14 @@ class InflightDecoder:
     # ---- decoding -------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def advance(self, steps: int = STEPS_PER_ADVANCE) -> dict[int, Decoded]:
-        """Run up to `steps` decode steps over the occupied slots; return (and free) the
-        windows that finished, by ticket."""
+    def advance(self) -> dict[int, Decoded]:
+        """Run `steps_per_advance` decode steps over the occupied slots; return (and free)
+        the windows that finished, by ticket."""
         occupied = [slot for slot, ticket in enumerate(self._tickets) if ticket is not None]
         if not occupied:
             return {}
         rows = next(size for size in buckets(self.rows) if size > max(occupied))
-        for _ in range(steps):
+        for _ in range(self.steps_per_advance):
             reach = max(self._reach[slot] for slot in occupied)
             self._step(rows, self._length(reach + 1))
             for slot in occupied:
