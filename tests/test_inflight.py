@@ -37,12 +37,19 @@ from whisperwire.v1 import transcription_service_pb2 as pb
 
 TorchModel = tuple[TorchEngine, WhisperTokenizer]
 SLOTS = 4
+STEPS = 4
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_en_dir: Path) -> TorchModel:
+    """Four slots, and four steps between host reads: step-boundary effects show on clips of
+    a few dozen tokens."""
     torch.set_num_threads(2)
-    return load_torch_engine(str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=SLOTS)
+    engine, tokenizer = load_torch_engine(
+        str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=SLOTS
+    )
+    engine._inflight.steps_per_advance = STEPS
+    return engine, tokenizer
 
 
 def mel_of(clip: object) -> np.ndarray:
