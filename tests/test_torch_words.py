@@ -259,3 +259,30 @@ async def test_grpc_transcribe_and_stream_carry_words(
         )
         starts = [w.start_offset.ToNanoseconds() for w in words]
         assert starts == sorted(starts)
+
+
+# ---- CUDA only -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_alignment_on_cuda_times_like_the_cpu(
+    tiny_en_dir: Path, tiny_torch: TorchModel, dtype: str
+) -> None:
+    """The attention scores are float32 whatever the model runs in: token times stay within a
+    frame of the CPU's float32 alignment."""
+    cpu, tokenizer = tiny_torch
+    gpu = TorchEngine(tiny_en_dir, tokenizer, model_name="tiny.en", device="cuda", dtype=dtype)
+    mels = [mel_of(c) for c in ENGLISH_CLIPS]
+    start = tokenizer.sot_sequence("en", WORDS.task)
+    texts = [tokenizer.encode(" " + c.reference.capitalize()) for c in ENGLISH_CLIPS]
+    frames = [frames_of(c) for c in ENGLISH_CLIPS]
+    for a, b, text in zip(
+        gpu.align(mels, [start] * 3, texts, frames),
+        cpu.align(mels, [start] * 3, texts, frames),
+        texts,
+        strict=True,
+    ):
+        ours, theirs = word_times(a, [1] * len(text)), word_times(b, [1] * len(text))
+        assert np.median([abs(x[0] - y[0]) for x, y in zip(ours, theirs, strict=True)]) <= 0.02
+        assert a.token_probs == pytest.approx(b.token_probs, abs=0.05)
