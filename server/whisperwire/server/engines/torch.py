@@ -110,7 +110,7 @@ class TorchEngine:
         num_frames: Sequence[int],
     ) -> list[Alignment]:
         out: list[Alignment] = []
-        size = self.info.max_batch_size
+        size = self.info.max_batch_size  # the pass holds every item's attention scores at once
         for i in range(0, len(features), size):
             out += alignment.align(
                 self._decoder.model,
