@@ -3,8 +3,6 @@ through Transcribe and StreamAudio."""
 
 from __future__ import annotations
 
-import difflib
-import statistics
 from pathlib import Path
 
 import grpc
@@ -13,67 +11,39 @@ from faster_whisper import WhisperModel
 from tests.grpc_helpers import END, audio_requests, collect, config_request, finals, stub
 from tests.reports import Publish
 from tests.speech import ENGLISH_CLIPS, JFK, load_pcm16k, normalise, to_s16le
-from whisperwire.server.domain import DecodeOptions, Transcript
+from tests.word_timing import (
+    TimedWord,
+    assert_close_in_time,
+    assert_words_inside_segments_in_order,
+    delta_figures,
+    matched_words,
+    timed_words,
+)
+from whisperwire.server.domain import DecodeOptions
 from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.v1 import transcription_service_pb2 as pb
 
-MAX_MEDIAN_DELTA = 0.060  # seconds, for both word starts and word ends
 WORDS = DecodeOptions(timestamps=True, word_timestamps=True)
-
-
-def _matched(
-    ours: list[tuple[str, float, float]], theirs: list[tuple[str, float, float]]
-) -> list[tuple[tuple[str, float, float], tuple[str, float, float]]]:
-    """Pairs of the same word in both sequences (the two decoders may differ by a word)."""
-    a = [normalise(w[0]) for w in ours]
-    b = [normalise(w[0]) for w in theirs]
-    return [
-        (ours[block.a + k], theirs[block.b + k])
-        for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks()
-        for k in range(block.size)
-    ]
-
-
-def _assert_words_inside_segments_in_order(transcript: Transcript) -> None:
-    previous_end = 0.0
-    for segment in transcript.segments:
-        assert segment.words, segment
-        assert "".join(w.text for w in segment.words).strip() == segment.text
-        for word in segment.words:
-            assert segment.start <= word.start <= word.end <= segment.end, (segment, word)
-            assert word.start >= previous_end, (word, previous_end)
-            assert 0.0 <= word.probability <= 1.0
-            previous_end = word.end
 
 
 async def test_word_times_match_faster_whisper(
     tiny_pipeline: SpeechPipeline, tiny_en_dir: Path, publish: Publish
 ) -> None:
     reference = WhisperModel(str(tiny_en_dir), device="cpu", compute_type="float32", cpu_threads=2)
-    start_deltas: list[float] = []
-    end_deltas: list[float] = []
+    pairs: list[tuple[TimedWord, TimedWord]] = []
     for clip in ENGLISH_CLIPS:
         transcript = await tiny_pipeline.transcribe_bytes(clip.read(), WORDS)
-        _assert_words_inside_segments_in_order(transcript)
-        ours = [(w.text, w.start, w.end) for s in transcript.segments for w in s.words]
+        assert_words_inside_segments_in_order(transcript)
         segments, _ = reference.transcribe(
             str(clip.path), word_timestamps=True, beam_size=1, vad_filter=False
         )
         theirs = [(w.word, w.start, w.end) for s in segments for w in s.words or []]
-        pairs = _matched(ours, theirs)
-        assert len(pairs) >= 0.9 * len(theirs), (ours, theirs)
-        start_deltas += [abs(o[1] - t[1]) for o, t in pairs]
-        end_deltas += [abs(o[2] - t[2]) for o, t in pairs]
-    figures = {
-        "words": len(start_deltas),
-        "median_abs_start_delta_ms": round(1000 * statistics.median(start_deltas), 1),
-        "median_abs_end_delta_ms": round(1000 * statistics.median(end_deltas), 1),
-        "p90_abs_start_delta_ms": round(1000 * statistics.quantiles(start_deltas, n=10)[-1], 1),
-        "p90_abs_end_delta_ms": round(1000 * statistics.quantiles(end_deltas, n=10)[-1], 1),
-    }
+        matched = matched_words(timed_words(transcript), theirs)
+        assert len(matched) >= 0.9 * len(theirs), (transcript, theirs)
+        pairs += matched
+    figures = delta_figures(pairs)
     publish("word_timestamps_vs_faster_whisper", figures)
-    assert statistics.median(start_deltas) <= MAX_MEDIAN_DELTA, figures
-    assert statistics.median(end_deltas) <= MAX_MEDIAN_DELTA, figures
+    assert_close_in_time(figures)
 
 
 async def test_words_without_segment_timestamps_stay_inside_the_window(
@@ -83,7 +53,7 @@ async def test_words_without_segment_timestamps_stay_inside_the_window(
         JFK.read(), DecodeOptions(word_timestamps=True)
     )
     [segment] = transcript.segments
-    _assert_words_inside_segments_in_order(transcript)
+    assert_words_inside_segments_in_order(transcript)
     americans = next(w for w in segment.words if "Americans" in w.text)
     assert 1.5 <= americans.start <= 2.2  # openai/whisper's own test: near 1.8 s
 

@@ -14,13 +14,18 @@ import numpy as np
 import torch
 
 from whisperwire.server.engine import (
+    Alignment,
     EngineInfo,
     Features,
     Generation,
     GenerationParams,
     WindowRequest,
 )
-from whisperwire.server.engines.torch_whisper.checkpoints import load_checkpoint
+from whisperwire.server.engines.torch_whisper import alignment
+from whisperwire.server.engines.torch_whisper.checkpoints import (
+    load_alignment_heads,
+    load_checkpoint,
+)
 from whisperwire.server.engines.torch_whisper.decoding import Decoded, WhisperDecoder
 from whisperwire.server.engines.torch_whisper.inflight import Admission, InflightDecoder
 from whisperwire.server.engines.torch_whisper.logit_rules import SpecialTokens
@@ -54,6 +59,7 @@ class TorchEngine:
         dims, state = weights or load_checkpoint(checkpoint)
         _check_vocabulary(checkpoint, dims, tokenizer)
         model = _build(checkpoint, dims, state).to(torch.device(device), DTYPES[dtype]).eval()
+        self._alignment_heads = load_alignment_heads(checkpoint, dims, state)
         self._tokenizer = tokenizer
         self._special = special_tokens(tokenizer)
         self._decoder = WhisperDecoder(
@@ -81,7 +87,7 @@ class TorchEngine:
             num_languages=tokenizer.num_languages if tokenizer.multilingual else 0,
             max_batch_size=max_batch_size,
             supports_timestamps=True,
-            supports_word_timestamps=False,
+            supports_word_timestamps=True,
             device=f"{device}/{dtype}",
         )
 
@@ -136,6 +142,28 @@ class TorchEngine:
         probs = self._decoder.language_probs(self._decoder.encode(_mel(features))).tolist()
         codes = [self._tokenizer.language_code(t) for t in self._special.language_ids]
         return [sorted(zip(codes, row, strict=True), key=lambda pair: -pair[1]) for row in probs]
+
+    def align(
+        self,
+        features: Sequence[Features],
+        prompts: Sequence[Sequence[int]],
+        text_tokens: Sequence[Sequence[int]],
+        num_frames: Sequence[int],
+    ) -> list[Alignment]:
+        out: list[Alignment] = []
+        size = self.info.max_batch_size  # the pass holds every item's attention scores at once
+        for i in range(0, len(features), size):
+            out += alignment.align(
+                self._decoder.model,
+                self._decoder.encode(_mel(features[i : i + size])),
+                prompts[i : i + size],
+                text_tokens[i : i + size],
+                num_frames[i : i + size],
+                heads=self._alignment_heads,
+                no_timestamps=self._special.no_timestamps,
+                eot=self._special.eot,
+            )
+        return out
 
 
 def special_tokens(tokenizer: WhisperTokenizer) -> SpecialTokens:

@@ -2,11 +2,13 @@
 
 Both come out as OpenAI's parameter names and `ModelDimensions`. CTranslate2 stores fused
 projections (self-attention Q|K|V, cross-attention K|V, with a zero key bias) and calls layer
-norms gamma/beta; the mapping below undoes exactly that.
+norms gamma/beta; the mapping below undoes exactly that. Each also may name the model's
+alignment heads (the decoder cross-attention heads that word timing reads).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,6 +23,7 @@ from whisperwire.server.engines.torch_whisper.model import ModelDimensions
 from whisperwire.server.errors import ModelNotFoundError
 
 StateDict = dict[str, Tensor]
+AlignmentHeads = tuple[tuple[int, int], ...]  # (decoder layer, head) pairs
 _TEXT_CTX: Final = 448
 _AUDIO_CTX: Final = 1500
 
@@ -51,6 +54,53 @@ def load_openai_checkpoint(path: Path) -> tuple[ModelDimensions, StateDict]:
     except TypeError as error:
         raise ModelNotFoundError(f"{path}: unexpected 'dims' {checkpoint['dims']}") from error
     return dims, dict(checkpoint["model_state_dict"])
+
+
+def load_alignment_heads(
+    checkpoint: Path, dims: ModelDimensions, state: StateDict
+) -> AlignmentHeads:
+    """The model's alignment heads: a checkpoint's `alignment_heads` mask ([n_text_layer,
+    n_text_head] booleans, dense or sparse), else a CTranslate2 directory's config.json list,
+    else Whisper's default for a model that names none: every head of the second half of the
+    decoder layers."""
+    if "alignment_heads" in state:
+        heads = _heads_of_mask(checkpoint, dims, state["alignment_heads"])
+    elif checkpoint.is_dir():
+        heads = _heads_of_config(checkpoint / "config.json")
+    else:
+        heads = ()
+    if not heads:
+        layers = range(dims.n_text_layer // 2, dims.n_text_layer)
+        return tuple((layer, head) for layer in layers for head in range(dims.n_text_head))
+    if any(
+        not (0 <= layer < dims.n_text_layer and 0 <= head < dims.n_text_head)
+        for layer, head in heads
+    ):
+        raise ModelNotFoundError(
+            f"{checkpoint}: alignment heads {list(heads)} lie outside the decoder's "
+            f"{dims.n_text_layer} layers of {dims.n_text_head} heads"
+        )
+    return heads
+
+
+def _heads_of_mask(checkpoint: Path, dims: ModelDimensions, mask: Tensor) -> AlignmentHeads:
+    if tuple(mask.shape) != (dims.n_text_layer, dims.n_text_head):
+        raise ModelNotFoundError(
+            f"{checkpoint}: alignment_heads is {list(mask.shape)}, not the decoder's "
+            f"[{dims.n_text_layer}, {dims.n_text_head}] layers by heads"
+        )
+    dense = mask.to_dense() if mask.is_sparse else mask
+    return tuple((int(layer), int(head)) for layer, head in dense.nonzero().tolist())
+
+
+def _heads_of_config(config: Path) -> AlignmentHeads:
+    if not config.is_file():
+        return ()
+    try:
+        pairs = json.loads(config.read_text()).get("alignment_heads") or []
+        return tuple((int(layer), int(head)) for layer, head in pairs)
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ModelNotFoundError(f"{config}: unreadable alignment_heads ({error})") from error
 
 
 def load_ct2_dir(directory: Path) -> tuple[ModelDimensions, StateDict]:
