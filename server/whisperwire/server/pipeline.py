@@ -165,12 +165,18 @@ class SpeechPipeline:
         """
         started = time.perf_counter()
         duration = len(samples) / audio_io.SAMPLE_RATE
-        if duration > self.max_audio_seconds:
-            raise AudioTooLongError(
-                f"audio is {duration:.1f} s, the limit is {self.max_audio_seconds:.0f} s"
-            )
-        per_span = options.detect_language_per_segment and options.language is None
-        windows = await asyncio.to_thread(self._windows, samples, offset, speech, per_span)
+        _check_duration(duration, self.max_audio_seconds)
+        windows = await asyncio.to_thread(
+            plan_windows, samples, self._windowing(options), offset, speech
+        )
+        return await self._transcribe_windows(
+            Prepared(duration, windows), options, priority, started
+        )
+
+    async def _transcribe_windows(
+        self, prepared: Prepared, options: DecodeOptions, priority: Priority, started: float
+    ) -> Transcript:
+        windows, duration = prepared.windows, prepared.duration
         features = time.perf_counter() - started
         if not windows:
             return Transcript(
@@ -200,23 +206,38 @@ class SpeechPipeline:
     async def _decode_and_transcribe(
         self, decode: Callable[[], list[Audio]], options: DecodeOptions, priority: Priority
     ) -> Transcript:
+        """Decode and window the upload off the event loop (in the decode pool: another
+        process), then transcribe each channel's windows."""
         started = time.perf_counter()
-        channels = await asyncio.get_running_loop().run_in_executor(self.decode_pool, decode)
-        decoded = time.perf_counter() - started
+        prepare = partial(prepare_upload, decode, self._windowing(options), self.max_audio_seconds)
+        channels = await asyncio.get_running_loop().run_in_executor(self.decode_pool, prepare)
         if len(channels) == 1:
-            transcript = await self.transcribe(channels[0], options, priority=priority)
+            transcript = await self._transcribe_windows(channels[0], options, priority, started)
         else:
-            transcript = await self._transcribe_channels(channels, options, priority)
-        timings = replace(transcript.timings, decode=decoded, total=time.perf_counter() - started)
+            transcript = await self._transcribe_channels(channels, options, priority, started)
+        decoded = channels[0].decode
+        timings = replace(
+            transcript.timings,
+            decode=decoded,
+            features=max(0.0, transcript.timings.features - decoded),
+            total=time.perf_counter() - started,
+        )
         return replace(transcript, timings=timings)
 
+    def _windowing(self, options: DecodeOptions) -> Windowing:
+        return Windowing(
+            self.engine.n_mels,
+            self.vad_aggressiveness,
+            per_span=options.detect_language_per_segment and options.language is None,
+        )
+
     async def _transcribe_channels(
-        self, channels: list[Audio], options: DecodeOptions, priority: Priority
+        self, channels: list[Prepared], options: DecodeOptions, priority: Priority, started: float
     ) -> Transcript:
         """Every channel on its own, all at once (the runner batches their windows
         together), merged in time order with each segment tagged with its channel."""
         transcripts = await asyncio.gather(
-            *(self.transcribe(samples, options, priority=priority) for samples in channels)
+            *(self._transcribe_windows(c, options, priority, started) for c in channels)
         )
         segments = sorted(
             (
@@ -242,32 +263,6 @@ class SpeechPipeline:
         )
 
     # ---- stages -----------------------------------------------------------------------
-    def _windows(
-        self, samples: Audio, offset: float, speech: list[vad.Span] | None, per_span: bool
-    ) -> list[Window]:
-        spans = (
-            vad.speech_spans(samples, aggressiveness=self.vad_aggressiveness)
-            if speech is None
-            else speech
-        )
-        if per_span:
-            # Each stretch of speech alone, so a language switch at a pause starts a window.
-            planned = [w for span in spans for w in vad.plan_windows(samples, [span])]
-        elif len(samples) <= vad.WINDOW_SECONDS * vad.SAMPLE_RATE and spans:
-            # A short clip with any speech is decoded whole: trimming buys nothing.
-            planned = [vad.Span(0, len(samples))]
-        else:
-            planned = vad.plan_windows(samples, spans)
-        return [
-            Window(
-                start=offset + span.start / vad.SAMPLE_RATE,
-                end=offset + span.end / vad.SAMPLE_RATE,
-                features=window_features(samples[span.start : span.end], self.engine.n_mels),
-            )
-            for span in planned
-            if span.end > span.start
-        ]
-
     async def _languages(
         self, windows: list[Window], options: DecodeOptions, priority: Priority
     ) -> tuple[list[Language], EngineTime]:
@@ -442,6 +437,73 @@ class SpeechPipeline:
                 )
             )
         return out, spent
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How audio becomes windows: the model's mel bins, the VAD, one window per span?"""
+
+    n_mels: int
+    vad_aggressiveness: int
+    per_span: bool  # each stretch of speech alone (language per segment)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One channel ready for the engine: its length and its windows."""
+
+    duration: float
+    windows: list[Window]
+    decode: float = 0.0  # seconds decoding the upload (before windowing), where there was one
+
+
+def plan_windows(
+    samples: Audio, how: Windowing, offset: float = 0.0, speech: list[vad.Span] | None = None
+) -> list[Window]:
+    """Cut 16 kHz mono audio into ≤ 30 s windows at pauses and compute their log-mel."""
+    spans = (
+        vad.speech_spans(samples, aggressiveness=how.vad_aggressiveness)
+        if speech is None
+        else speech
+    )
+    if how.per_span:
+        # Each stretch of speech alone, so a language switch at a pause starts a window.
+        planned = [w for span in spans for w in vad.plan_windows(samples, [span])]
+    elif len(samples) <= vad.WINDOW_SECONDS * vad.SAMPLE_RATE and spans:
+        # A short clip with any speech is decoded whole: trimming buys nothing.
+        planned = [vad.Span(0, len(samples))]
+    else:
+        planned = vad.plan_windows(samples, spans)
+    return [
+        Window(
+            start=offset + span.start / vad.SAMPLE_RATE,
+            end=offset + span.end / vad.SAMPLE_RATE,
+            features=window_features(samples[span.start : span.end], how.n_mels),
+        )
+        for span in planned
+        if span.end > span.start
+    ]
+
+
+def prepare_upload(
+    decode: Callable[[], list[Audio]], how: Windowing, max_seconds: float
+) -> list[Prepared]:
+    """Decode an upload and window every channel: one job for a decode-pool process (its
+    arguments and result cross the process boundary by pickling)."""
+    started = time.perf_counter()
+    channels = decode()
+    decoded = time.perf_counter() - started
+    prepared = []
+    for samples in channels:
+        duration = len(samples) / audio_io.SAMPLE_RATE
+        _check_duration(duration, max_seconds)
+        prepared.append(Prepared(duration, plan_windows(samples, how), decoded))
+    return prepared
+
+
+def _check_duration(duration: float, max_seconds: float) -> None:
+    if duration > max_seconds:
+        raise AudioTooLongError(f"audio is {duration:.1f} s, the limit is {max_seconds:.0f} s")
 
 
 def _as_one_channel(data: bytes, *, max_seconds: float) -> list[Audio]:
