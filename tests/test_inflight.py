@@ -27,11 +27,11 @@ from tests.speech import (
     wer,
 )
 from whisperwire.server.domain import DecodeOptions
-from whisperwire.server.engine import Generation, GenerationParams, WindowRequest
+from whisperwire.server.engine import Features, Generation, GenerationParams, WindowRequest
 from whisperwire.server.engines.torch import TorchEngine, load_torch_engine
 from whisperwire.server.features import window_features
 from whisperwire.server.runner import Priority
-from whisperwire.server.scheduler import BatchScheduler
+from whisperwire.server.scheduler import BULK_CALL_ROUNDS, BatchScheduler
 from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
 
@@ -165,10 +165,14 @@ class RecordingEngine:
         self._engine = engine
         self.info = engine.info
         self.admitted: list[list[int]] = []
+        self.calls: list[str] = []
         self.generate = engine.generate
-        self.detect_language = engine.detect_language
         self.steppable = engine.steppable
         self.free_slots = engine.free_slots
+
+    def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
+        self.calls.append("detect")
+        return self._engine.detect_language(features)
 
     @property
     def in_flight(self) -> int:
@@ -178,6 +182,7 @@ class RecordingEngine:
         self, admit: Sequence[WindowRequest], cancel: Sequence[int]
     ) -> dict[int, Generation]:
         self.admitted.append([w.ticket for w in admit])
+        self.calls.append("advance")
         return self._engine.advance(admit, cancel)
 
 
@@ -209,6 +214,32 @@ async def test_finals_join_ahead_of_queued_bulk_and_bulk_keeps_its_slots(
     assert engine.admitted[0][:4] == [final_ticket, partial_ticket, 0, 1]  # bulk: 2 slots
     texts = {tokenizer.decode(generations[0].token_ids) for generations, _ in results}
     assert len(texts) == 1 and wer(HESTER.reference, texts.pop()) <= 0.1
+
+
+async def test_a_files_whole_batch_call_waits_while_a_final_decodes(tiny: TorchModel) -> None:
+    """A whole-batch call (a file's language detection) stops every window in flight, so
+    while a stream's final decodes, bulk calls wait (at most a few advances)."""
+    engine, tokenizer = RecordingEngine(tiny[0]), tiny[1]
+    scheduler = BatchScheduler(engine)
+    mel = mel_of(HESTER)
+    detect = asyncio.create_task(scheduler.detect_language([mel], priority=Priority.BULK))
+    final = asyncio.create_task(
+        scheduler.generate(
+            [mel], [prompt_of(tokenizer)], params_of(tokenizer), priority=Priority.FINAL
+        )
+    )
+    await asyncio.sleep(0)
+    scheduler.start()
+    try:
+        (languages, _), ((generation,), _) = await asyncio.wait_for(
+            asyncio.gather(detect, final), 300
+        )
+    finally:
+        await scheduler.stop()
+    assert engine.calls[0] == "advance"  # the final joined first, though the file came first
+    assert "detect" in engine.calls[: BULK_CALL_ROUNDS + 1]  # and the file waited boundedly
+    assert len(languages) == 1  # tiny.en is English-only: no language tokens to rank
+    assert wer(HESTER.reference, tokenizer.decode(generation.token_ids)) <= 0.1
 
 
 async def test_step_batching_off_runs_whole_batches(tiny: TorchModel) -> None:

@@ -297,7 +297,15 @@ def _decode_pool(processes: int) -> ProcessPoolExecutor | None:
     """Spawned, not forked: the server process holds gRPC threads and perhaps a CUDA context."""
     if processes == 0:
         return None
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_one_blas_thread
+    )
+
+
+def _one_blas_thread() -> None:
+    """A decode worker's log-mel on one BLAS thread: N workers × a per-core BLAS pool would
+    oversubscribe the cores many times over."""
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:

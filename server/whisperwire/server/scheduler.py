@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DETECT = "detect-language"
 HOLD_ROUNDS = 2  # step mode: most advances a non-final window waits for a group to gather
+BULK_CALL_ROUNDS = 4  # step mode: least advances between bulk whole-batch calls, streams busy
 ALIGN = "align-words"
 _KINDS: dict[Hashable, str] = {DETECT: "detect", ALIGN: "align"}  # else "generate"
 
@@ -131,6 +132,7 @@ class BatchScheduler:
         self._bulk_slots = bulk_batch_size or max(1, self.max_batch_size - self.max_batch_size // 8)
         self._unresolved_seconds = 0.0  # step mode: engine time since a window last finished
         self._round = 0  # step mode: advances so far
+        self._bulk_call_round = -BULK_CALL_ROUNDS  # step mode: the last bulk whole-batch call
         # Admitting costs an encoder batch and a prefill, whatever its size: windows no one
         # waits on word by word join in groups of this many (or after HOLD_ROUNDS advances).
         self._admit_group = max(1, self.max_batch_size // 8)
@@ -307,11 +309,26 @@ class BatchScheduler:
         """The next whole-batch engine call (in step mode only work the steps cannot take)."""
         self._pending = [w for w in self._pending if not w.future.done()]
         whole = [w for w in self._pending if not self._steps(w)]
+        if self._holds_bulk_calls():
+            whole = [w for w in whole if w.priority.interactive]
         if not whole:
             return []
         batch = self.policy.next_batch(whole)
         self._remove_pending(batch)
+        if not batch[0].priority.interactive:
+            self._bulk_call_round = self._round
         return batch
+
+    def _holds_bulk_calls(self) -> bool:
+        """Step mode: a whole-batch call stops every window in flight, so while streams'
+        windows decode, bulk calls (a file's language detection, fallbacks) run at most once
+        per BULK_CALL_ROUNDS advances."""
+        if self._stepper is None:
+            return False
+        interactive = any(w.priority.interactive for w in self._in_flight.values()) or any(
+            w.priority.interactive and self._steps(w) for w in self._pending
+        )
+        return interactive and self._round - self._bulk_call_round < BULK_CALL_ROUNDS
 
     def _remove_pending(self, works: Sequence[_Work]) -> None:
         taken = {id(w) for w in works}
