@@ -132,7 +132,7 @@ class BatchScheduler:
         self._bulk_slots = bulk_batch_size or max(1, self.max_batch_size - self.max_batch_size // 8)
         self._unresolved_seconds = 0.0  # step mode: engine time since a window last finished
         self._round = 0  # step mode: advances so far
-        self._bulk_call_round = -BULK_CALL_ROUNDS  # step mode: the last bulk whole-batch call
+        self._bulk_call_round = 0  # step mode: the advance of the last bulk whole-batch call
         # Admitting costs an encoder batch and a prefill, whatever its size: windows no one
         # waits on word by word join in groups of this many (or after HOLD_ROUNDS advances).
         self._admit_group = max(1, self.max_batch_size // 8)

@@ -96,7 +96,9 @@ class WhisperDecoder:
         self.rules = LogitRules(special, dims.n_vocab, self.device)
         self.state = _State(max_rows, dims.n_text_ctx, self.device)
         self._slots = torch.arange(dims.n_text_ctx, device=self.device)
-        self._language_ids = torch.tensor(special.language_ids, device=self.device)
+        self._language_ids = torch.tensor(
+            special.language_ids, dtype=torch.long, device=self.device
+        )
         # dynamic=True: one compiled graph for every batch size (a recompile per size would
         # cost tens of seconds each).
         self._encoder = (
