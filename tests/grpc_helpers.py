@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -80,3 +80,12 @@ async def serving(
             yield running, channel
     finally:
         await running.drain_and_stop(grace=1.0)
+
+
+async def until(condition: Callable[[], bool], polls: int = 400) -> bool:
+    """Poll `condition` every 50 ms, at most `polls` times; whether it came true."""
+    for _ in range(polls):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()

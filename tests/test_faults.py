@@ -16,7 +16,7 @@ import gc
 import resource
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -32,6 +32,7 @@ from tests.grpc_helpers import (
     paced,
     serving,
     stub,
+    until,
 )
 from tests.load.serve_process import ServeProcess
 from tests.reports import Publish
@@ -57,17 +58,7 @@ Call = grpc.aio.StreamStreamCall[pb.StreamAudioRequest, pb.StreamAudioResponse]
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 # A reader with a 1 KiB HTTP/2 window: the server can send it almost nothing unread.
 SLOW_READER = [*OWN_CONNECTION, ("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
-POLLS = 400  # bounded waits: 400 × 50 ms
 GREEDY = {"language": "en", "temperature": 0.0}  # one engine call per utterance: no fallback
-
-
-async def until(condition: Callable[[], bool]) -> bool:
-    """Poll `condition` a bounded number of times; whether it came true."""
-    for _ in range(POLLS):
-        if condition():
-            return True
-        await asyncio.sleep(0.05)
-    return condition()
 
 
 def idle(running: RunningServer) -> bool:

@@ -7,14 +7,23 @@ real server, streams and files share the decode and a caller that leaves frees i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.grpc_helpers import END, audio_requests, collect, config_request, finals, serving, stub
+from tests.grpc_helpers import (
+    END,
+    audio_requests,
+    collect,
+    config_request,
+    finals,
+    serving,
+    stub,
+    until,
+)
 from tests.speech import (
     ENGLISH_CLIPS,
     HESTER,
@@ -259,14 +268,6 @@ async def test_step_batching_off_runs_whole_batches(tiny: TorchModel) -> None:
 # ---- through a real server -----------------------------------------------------------------
 
 
-async def until(condition: Callable[[], bool], polls: int = 600) -> bool:
-    for _ in range(polls):
-        if condition():
-            return True
-        await asyncio.sleep(0.05)
-    return condition()
-
-
 def long_recording(repeats: int = 2) -> tuple[bytes, str]:
     clips = [c for _ in range(repeats) for c in ENGLISH_CLIPS]
     audio = np.concatenate([x for c in clips for x in (load_pcm16k(c), silence(1.0))])
@@ -313,11 +314,13 @@ async def test_a_caller_that_leaves_frees_its_windows_mid_decode(tiny: TorchMode
         call = stub(channel).Transcribe(
             pb.TranscribeRequest(audio_content=wav, config=pb.RecognitionConfig())
         )
-        assert await until(lambda: running.scheduler.in_flight > 0)
+        assert await until(lambda: running.scheduler.in_flight > 0, polls=600)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-        assert await until(lambda: engine.in_flight == 0 and running.scheduler.in_flight == 0)
+        assert await until(
+            lambda: engine.in_flight == 0 and running.scheduler.in_flight == 0, polls=600
+        )
         assert running.scheduler.queue_depth == 0
         reply = await stub(channel).Transcribe(
             pb.TranscribeRequest(audio_content=HESTER.read(), config=pb.RecognitionConfig())

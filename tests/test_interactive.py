@@ -6,7 +6,7 @@ engine call, so the queue behind it is arranged and checked through the recorded
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import grpc
@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from tests.engine_double import ScriptedEngine, Step
-from tests.grpc_helpers import END, audio_requests, config_request, error_info, serving, stub
+from tests.grpc_helpers import (
+    END,
+    audio_requests,
+    config_request,
+    error_info,
+    serving,
+    stub,
+    until,
+)
 from tests.speech import ENGLISH_CLIPS, JFK, NIGHTFALL, load_pcm16k, silence, to_s16le, wer
 from whisperwire.server import vad
 from whisperwire.server.domain import DecodeOptions, Task
@@ -41,14 +49,6 @@ def long_file(cycles: int = 2) -> tuple[np.ndarray, str]:  # type: ignore[type-a
 
 def window_count(samples: np.ndarray) -> int:  # type: ignore[type-arg]
     return len(vad.plan_windows(samples, vad.speech_spans(samples, aggressiveness=2)))
-
-
-async def until(condition: Callable[[], bool], polls: int = 400) -> bool:
-    for _ in range(polls):
-        if condition():
-            return True
-        await asyncio.sleep(0.05)
-    return condition()
 
 
 async def test_a_push_to_talk_final_runs_ahead_of_two_files_queued_before_it(
