@@ -106,7 +106,8 @@ class WhisperDecoder:
         )
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.lengths = [n for n in LENGTH_BUCKETS if n < dims.n_text_ctx] + [dims.n_text_ctx]
-        self._first_logits: Tensor | None = None
+        # The prefill's last-position logits: the first selection's (beam search reads them).
+        self.first_logits: Tensor | None = None
         if use_cuda_graphs:
             self._capture_graphs()
 
@@ -149,26 +150,28 @@ class WhisperDecoder:
         rows = len(prompts)
         bucket = self._bucket(rows)
         self.cache.fill_cross(self.model, audio, slice(0, rows))
-        no_speech_probs = self._start(prompts, bucket, no_speech)
-        steps = self._steps(prompts, max_new_tokens)
+        no_speech_probs = self.prefill_prompts(prompts, bucket, no_speech)
+        steps = self.step_budget(prompts, max_new_tokens)
         prompt_length = max(len(p) for p in prompts)
         self._select(rows=bucket, temperature=temperature)
         for done in range(1, steps):
             if done % FINISHED_CHECK_EVERY == 0 and bool(self.state.finished[:bucket].all()):
                 break
-            self._step(bucket, temperature, self._length(prompt_length + done))
+            self._step(bucket, temperature, self.cache_length(prompt_length + done))
         return self._collect(rows, no_speech_probs)
 
-    def _length(self, slots_needed: int) -> int:
+    def cache_length(self, slots_needed: int) -> int:
+        """The cache-length bucket (attention span) that covers `slots_needed` slots."""
         return next(n for n in self.lengths if n >= slots_needed)
 
-    def _steps(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> int:
+    def step_budget(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> int:
+        """Most tokens these prompts' rows may sample: the request's limit, within the context."""
         return max(1, min(max_new_tokens, self.text_ctx - max(len(p) for p in prompts)))
 
     def _bucket(self, rows: int) -> int:
         return next(size for size in buckets(self.max_rows) if size >= rows)
 
-    def _start(
+    def prefill_prompts(
         self, prompts: Sequence[Sequence[int]], bucket: int, no_speech: bool
     ) -> Tensor | None:
         """Prefill the prompts, reset the per-row state, and leave the last prompt position's
@@ -190,8 +193,8 @@ class WhisperDecoder:
         st.timestamp_mode[:rows] = torch.tensor(
             [self.special.no_timestamps not in p for p in prompts], device=self.device
         )
-        self._first_logits = torch.zeros(bucket, self.rules.suppress.shape[0], device=self.device)
-        self._first_logits[:rows] = logits(self.model, hidden[:, -1])
+        self.first_logits = torch.zeros(bucket, self.rules.suppress.shape[0], device=self.device)
+        self.first_logits[:rows] = logits(self.model, hidden[:, -1])
         return self._no_speech(hidden, prompts) if no_speech else None
 
     def _no_speech(self, hidden: Tensor, prompts: Sequence[Sequence[int]]) -> Tensor | None:
@@ -233,7 +236,7 @@ class WhisperDecoder:
 
     def _decode_step(self, rows: int, length: int, temperature: float = 0.0) -> None:
         """Feed each row's current token, then select the next one."""
-        self._first_logits = None
+        self.first_logits = None
         self._choose(self.feed(rows, length), rows, temperature)
 
     def feed(self, rows: int, length: int) -> Tensor:
@@ -256,8 +259,8 @@ class WhisperDecoder:
 
     def _select(self, rows: int, temperature: float) -> None:
         """The first sampled token, from the prefill's logits."""
-        assert self._first_logits is not None
-        self._choose(self._first_logits, rows, temperature)
+        assert self.first_logits is not None
+        self._choose(self.first_logits, rows, temperature)
 
     def _choose(self, scores: Tensor, rows: int, temperature: float) -> None:
         st = self.state
@@ -352,12 +355,12 @@ class _BeamSearch:
         rows = items * k
         d.cache.fill_cross(d.model, audio.repeat_interleave(k, dim=0), slice(0, rows))
         expanded = [p for p in prompts for _ in range(k)]
-        no_speech_probs = d._start(expanded, rows, no_speech)
+        no_speech_probs = d.prefill_prompts(expanded, rows, no_speech)
         scores = [0.0] * rows
         sequences: list[list[int]] = [[] for _ in range(rows)]
         finished: list[dict[tuple[int, ...], float]] = [{} for _ in range(items)]
-        steps = d._steps(prompts, max_new_tokens)
-        logits_now = d._first_logits
+        steps = d.step_budget(prompts, max_new_tokens)
+        logits_now = d.first_logits
         for step in range(steps):
             assert logits_now is not None
             logprobs = torch.log_softmax(d.rules.apply(logits_now, d.state.rules(rows)), dim=-1)
@@ -367,7 +370,7 @@ class _BeamSearch:
             if all(len(done) >= k for done in finished) or not sources:
                 break
             self._reorder(sources, tokens)
-            logits_now = d.feed(rows, d._length(max(len(p) for p in prompts) + step + 1))
+            logits_now = d.feed(rows, d.cache_length(max(len(p) for p in prompts) + step + 1))
         probs = no_speech_probs.tolist() if no_speech_probs is not None else None
         return [
             self._best(
