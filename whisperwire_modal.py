@@ -318,23 +318,24 @@ def start_server(http_port: int | None = None) -> deploy.BackgroundServer:
 # is deployed only with WHISPERWIRE_MODAL_SERVER=1. Modal's proxy authentication is off (gRPC
 # clients here do not send Modal-Key/Modal-Secret); the server's bearer token is not.
 
+# What both servers behind Modal's proxy share: the engine's container, the token, scaling.
+PROXIED_SERVER: dict[str, Any] = {
+    "image": image,
+    "gpu": GPU,
+    "volumes": {VOLUME_PATH: volume},
+    "secrets": [token_secret],
+    "env": SETTINGS_ENV,
+    "unauthenticated": True,
+    "startup_timeout": ENGINE_LOAD_TIMEOUT,
+    "exit_grace_period": DRAIN_SECONDS + 10,
+    "target_concurrency": 16,
+    "min_containers": 0,
+    "max_containers": 4,
+}
+
 if SCALE_OUT_SERVER:
 
-    @app.server(
-        image=image,
-        gpu=GPU,
-        volumes={VOLUME_PATH: volume},
-        secrets=[token_secret],
-        env=SETTINGS_ENV,
-        port=GRPC_PORT,
-        h2_enabled=True,
-        unauthenticated=True,
-        startup_timeout=ENGINE_LOAD_TIMEOUT,
-        exit_grace_period=DRAIN_SECONDS + 10,
-        target_concurrency=16,
-        min_containers=0,
-        max_containers=4,
-    )
+    @app.server(**PROXIED_SERVER, port=GRPC_PORT, h2_enabled=True)
     class GrpcServer:
         @modal.enter()
         def start(self) -> None:
@@ -355,20 +356,7 @@ if SCALE_OUT_SERVER:
 # send it as their API key (`OpenAI(base_url=<url>/v1, api_key=$WHISPERWIRE_TOKEN)`).
 
 
-@app.server(
-    image=image,
-    gpu=GPU,
-    volumes={VOLUME_PATH: volume},
-    secrets=[token_secret],
-    env=SETTINGS_ENV,
-    port=HTTP_PORT,
-    unauthenticated=True,
-    startup_timeout=ENGINE_LOAD_TIMEOUT,
-    exit_grace_period=DRAIN_SECONDS + 10,
-    target_concurrency=16,
-    min_containers=0,
-    max_containers=4,
-)
+@app.server(**PROXIED_SERVER, port=HTTP_PORT)
 class HttpApi:
     @modal.enter()
     def start(self) -> None:

@@ -42,13 +42,17 @@ class QueuePolicy:
     def next_batch(self, live: Sequence[Q]) -> list[Q]:
         """The work of the next engine call, from queued work that is still wanted."""
         if not self.interactive_first:
-            return _lead_group(sorted(live, key=_arrival), self.max_batch_size)
+            return _lead_group(self.ordered(live), self.max_batch_size)
         interactive = sorted((w for w in live if w.priority.interactive), key=_urgency)
         bulk = sorted((w for w in live if not w.priority.interactive), key=_urgency)
         self._contended = bool(interactive and bulk)
         if bulk and (not interactive or self._bulk_owed > 0):
             return _lead_group(bulk, self.bulk_batch_size)
         return _lead_group(interactive, self.max_batch_size)
+
+    def ordered(self, live: Sequence[Q]) -> list[Q]:
+        """Queued work most urgent first (in arrival order when interactive_first is off)."""
+        return sorted(live, key=_urgency if self.interactive_first else _arrival)
 
     def ran(self, batch: Sequence[Queued], seconds: float) -> None:
         """Account an engine call of `batch` that took `seconds`."""

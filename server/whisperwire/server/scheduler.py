@@ -348,9 +348,8 @@ class BatchScheduler:
         then bulk within its slots. One call admits windows of one set of parameters."""
         if self._stepper is None:
             return []
-        waiting = sorted(
-            (w for w in self._pending if not w.future.done() and self._steps(w)),
-            key=lambda w: (w.priority, w.seq) if self.policy.interactive_first else w.seq,
+        waiting = self.policy.ordered(
+            [w for w in self._pending if not w.future.done() and self._steps(w)]
         )
         if not waiting or not self._time_to_admit(waiting):
             return []

@@ -215,12 +215,7 @@ def decode_tokens(
         _write_slots(self_k, cache_index, k)
         _write_slots(self_v, cache_index, v)
         x = x + attn.merge(F.scaled_dot_product_attention(q, self_k, self_v, attn_mask=mask))
-        cross = block.cross_attn
-        q = cross.heads(cross.query(block.cross_attn_ln(x)))
-        x = x + cross.merge(
-            F.scaled_dot_product_attention(q, cache.cross_k[i, :rows], cache.cross_v[i, :rows])
-        )
-        x = x + block.mlp(block.mlp_ln(x))
+        x = _cross_attention_and_mlp(block, x, cache.cross_k[i, :rows], cache.cross_v[i, :rows])
     return decoder.ln(x)  # type: ignore[no-any-return]
 
 
@@ -238,13 +233,18 @@ def prefill_rows(model: Whisper, cache: DecoderCache, rows: Tensor, tokens: Tens
         cache.self_k[i, rows, :, :length] = k
         cache.self_v[i, rows, :, :length] = v
         x = x + attn.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
-        cross = block.cross_attn
-        q = cross.heads(cross.query(block.cross_attn_ln(x)))
-        x = x + cross.merge(
-            F.scaled_dot_product_attention(q, cache.cross_k[i, rows], cache.cross_v[i, rows])
-        )
-        x = x + block.mlp(block.mlp_ln(x))
+        x = _cross_attention_and_mlp(block, x, cache.cross_k[i, rows], cache.cross_v[i, rows])
     return decoder.ln(x)  # type: ignore[no-any-return]
+
+
+def _cross_attention_and_mlp(
+    block: DecoderBlock, x: Tensor, cross_k: Tensor, cross_v: Tensor
+) -> Tensor:
+    """The rest of a decoder block after self-attention: attend to the audio, then the MLP."""
+    cross = block.cross_attn
+    q = cross.heads(cross.query(block.cross_attn_ln(x)))
+    x = x + cross.merge(F.scaled_dot_product_attention(q, cross_k, cross_v))
+    return x + block.mlp(block.mlp_ln(x))  # type: ignore[no-any-return]
 
 
 def _write_slots(cache: Tensor, index: Tensor, values: Tensor) -> None:
