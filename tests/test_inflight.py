@@ -115,6 +115,31 @@ def test_windows_joining_mid_decode_decode_as_in_a_whole_batch(
     assert returned[2][0] < returned[0][0]  # HESTER left first, though it joined later
 
 
+def test_previous_text_is_prefilled_and_the_rest_of_the_prompt_fed_by_the_steps(
+    tiny: TorchModel,
+) -> None:
+    """Prompts with and without previous text (an initial prompt) in one admission: the
+    text is run in at admission, <|startoftranscript|> onwards through the decode steps, and
+    each window still decodes token for token as in a whole batch, no-speech included."""
+    engine, tokenizer = tiny
+    previous = tokenizer.encode(" Ask not what your country can do.")
+    prompts = [
+        tokenizer.prompt(
+            language="en", task=DecodeOptions().task, timestamps=False, previous_text_ids=previous
+        ),
+        prompt_of(tokenizer),
+    ]
+    mels, params = [mel_of(JFK), mel_of(HESTER)], params_of(tokenizer)
+    whole = [engine.generate([m], [p], params)[0] for m, p in zip(mels, prompts, strict=True)]
+    engine.advance([WindowRequest(i, mels[i], prompts[i], params) for i in range(2)], [])
+    returned = drain(engine)
+    for i, expected in enumerate(whole):
+        assert returned[i].token_ids == expected.token_ids
+        assert returned[i].cum_logprob == pytest.approx(expected.cum_logprob, abs=1e-3)
+        assert returned[i].no_speech_prob == pytest.approx(expected.no_speech_prob, abs=1e-4)
+    assert wer(JFK.reference, tokenizer.decode(returned[0].token_ids)) <= 0.1
+
+
 def test_a_cancelled_window_frees_its_slot_at_the_next_step(tiny: TorchModel) -> None:
     engine, tokenizer = tiny
     prompt, params = prompt_of(tokenizer), params_of(tokenizer)

@@ -1,13 +1,20 @@
 """In-flight batching: greedy decoding where windows join and leave at step boundaries.
 
 Each of `rows` fixed slots holds one window: its own cache row, position and rule state.
-A window admitted between steps is encoded (all arrivals as one batch), its prompt is run
-into its slot, and from the next step it decodes beside every other window; a window that
-finished or was cancelled frees its slot at the next boundary. Rows sit at different
-positions, so each writes its keys and values to its own slot and attends up to its own
-position. The step itself (decoder, logit rules, argmax, state update) is captured as a CUDA
-graph per slot-count bucket × attention-length bucket, as in whole-batch decoding; the host
-reads back which rows finished once per `advance`.
+A window admitted between steps is encoded (all arrivals as one batch) and its
+cross-attention keys and values are written to its slot; from the next step it decodes beside
+every other window, and a window that finished or was cancelled frees its slot at the next
+boundary. Rows sit at different positions, so each writes its keys and values to its own slot
+and attends up to its own position. The step itself (decoder, logit rules, argmax, state
+update) is captured as a CUDA graph per slot-count bucket × attention-length bucket, as in
+whole-batch decoding; the host reads back which rows finished once per `advance`.
+
+A prompt's start-of-transcript sequence (<|startoftranscript|> [<|lang|> <|task|>]
+[<|notimestamps|>]: at most four tokens) is fed through those captured steps, one token per
+step, the step's choice overridden by the prompt's next token, rather than run eagerly at
+admission: an eager prefill of a few tokens costs hundreds of kernel launches and host
+round trips for little GPU work, and it stopped every window in flight while it ran. Only
+previous text (an initial prompt, before <|startoftranscript|>) is prefilled at admission.
 
 Memory is fixed at construction (cache and state for `rows` slots): a full engine refuses
 admissions (free_slots is 0), it never allocates more.
@@ -58,6 +65,10 @@ class _Rows:
         self.token = longs()  # the token fed next
         self.sampled = longs()  # tokens chosen so far
         self.budget = longs(1)  # most tokens the row may choose
+        # The prompt's tokens still to feed: forced[r, forced_next[r]:forced_end[r]].
+        self.forced = torch.zeros(rows, text_ctx, dtype=torch.long, device=device)
+        self.forced_next, self.forced_end = longs(), longs()
+        self.asks_no_speech = torch.zeros(rows, dtype=torch.bool, device=device)
         self.last, self.penultimate, self.last_timestamp = longs(), longs(), longs(-1)
         self.timestamp_mode = torch.zeros(rows, dtype=torch.bool, device=device)
         self.finished = torch.ones(rows, dtype=torch.bool, device=device)
@@ -153,7 +164,7 @@ class InflightDecoder:
     @torch.inference_mode()
     def admit(self, mel: Tensor, windows: Sequence[Admission], config: RuleConfig) -> None:
         """Encode the windows' log-mel [B, n_mels, 3000] as one batch and start each in a
-        free slot; its first token is chosen here, the rest by `advance`."""
+        free slot; its prompt's start-of-transcript sequence is fed by `advance`."""
         if len(windows) > self.free_slots(config):
             raise RuntimeError(f"{len(windows)} windows admitted, {self.free_slots(config)} free")
         if self.in_flight == 0 or self._config != config:
@@ -161,42 +172,54 @@ class InflightDecoder:
             self.rules.configure(*config)
         free = [slot for slot, ticket in enumerate(self._tickets) if ticket is None]
         slots = free[: len(windows)]
-        index = torch.tensor(slots, device=self.device)
-        self.cache.fill_cross(self.model, self.encode(mel), index)
-        hidden = self._prefill(index, [w.prompt for w in windows])
-        self._start_rows(index, windows)
-        lengths = torch.tensor([len(w.prompt) for w in windows], device=self.device)
-        last = hidden[torch.arange(len(windows), device=self.device), lengths - 1]
-        self._store_no_speech(index, hidden, windows)
-        self._choose(logits(self.model, last), index)
-        for slot, window in zip(slots, windows, strict=True):
+        index = self._to_device(torch.tensor(slots))
+        self.cache.fill_cross(self.model, self.encode(self._to_device(mel)), index)
+        starts = [_split_prompt(w.prompt, self.special.sot) for w in windows]
+        self._prefill_previous_text(index, [head for head, _ in starts])
+        self._start_rows(index, windows, starts)
+        for slot, window, (head, _) in zip(slots, windows, starts, strict=True):
             self._tickets[slot] = window.ticket
-            self._reach[slot] = len(window.prompt)
+            self._reach[slot] = len(head)
 
-    def _prefill(self, index: Tensor, prompts: Sequence[Sequence[int]]) -> Tensor:
-        length = max(len(p) for p in prompts)
-        padded = [list(p) + [self.special.eot] * (length - len(p)) for p in prompts]
-        tokens = torch.tensor(padded, device=self.device)
-        return prefill_rows(self.model, self.cache, index, tokens)
+    def _prefill_previous_text(self, index: Tensor, heads: Sequence[Sequence[int]]) -> None:
+        """Run the prompts' previous text (where there is any) into the rows' first slots."""
+        rows = [i for i, head in enumerate(heads) if head]
+        if not rows:
+            return
+        length = max(len(heads[i]) for i in rows)
+        padded = [list(heads[i]) + [self.special.eot] * (length - len(heads[i])) for i in rows]
+        tokens = self._to_device(torch.tensor(padded))
+        prefill_rows(self.model, self.cache, index[self._to_device(torch.tensor(rows))], tokens)
 
-    def _start_rows(self, index: Tensor, windows: Sequence[Admission]) -> None:
+    def _start_rows(
+        self,
+        index: Tensor,
+        windows: Sequence[Admission],
+        starts: Sequence[tuple[Sequence[int], Sequence[int]]],
+    ) -> None:
+        """Every row's state in one host-to-device copy (no synchronisation with the steps
+        still queued on the GPU)."""
         st = self.state
-
-        def per_row(values: list[int] | list[bool]) -> Tensor:
-            return torch.tensor(values, device=self.device)
-
-        prompt_lengths = [len(w.prompt) for w in windows]
-        st.position[index] = per_row(prompt_lengths)
-        st.budget[index] = per_row(
-            [
-                max(1, min(w.max_new_tokens, self.text_ctx - n))
-                for w, n in zip(windows, prompt_lengths, strict=True)
-            ]
-        )
-        st.timestamp_mode[index] = per_row(
-            [self.special.no_timestamps not in w.prompt for w in windows]
-        )
+        columns = [
+            (
+                len(head),  # position
+                max(1, min(w.max_new_tokens, self.text_ctx - len(head) - len(tail))),  # budget
+                self.special.no_timestamps not in w.prompt,  # timestamp_mode
+                w.no_speech and tail[0] == self.special.sot,  # asks_no_speech
+                tail[0],  # token
+                len(tail),  # forced_end: the tail's remaining tokens sit at 1..len-1
+            )
+            for w, (head, tail) in zip(windows, starts, strict=True)
+        ]
+        values = self._to_device(torch.tensor(columns, dtype=torch.long)).T
+        st.position[index], st.budget[index] = values[0], values[1]
+        st.timestamp_mode[index], st.asks_no_speech[index] = values[2].bool(), values[3].bool()
+        st.token[index], st.forced_end[index] = values[4], values[5]
+        width = max(len(tail) for _, tail in starts)
+        tails = [list(tail) + [0] * (width - len(tail)) for _, tail in starts]
+        st.forced[index, :width] = self._to_device(torch.tensor(tails))
         for buffer, fill in (
+            (st.forced_next, 1),
             (st.sampled, 0),
             (st.last, 0),
             (st.penultimate, 0),
@@ -207,17 +230,11 @@ class InflightDecoder:
             buffer[index] = fill
         st.finished[index] = False
 
-    def _store_no_speech(self, index: Tensor, hidden: Tensor, windows: Sequence[Admission]) -> None:
-        """P(<|nospeech|>) at each asking row's <|startoftranscript|> position."""
-        sot = self.special.sot
-        asking = [i for i, w in enumerate(windows) if w.no_speech and sot in w.prompt]
-        if not asking:
-            return
-        rows = torch.tensor(asking, device=self.device)
-        positions = torch.tensor([list(windows[i].prompt).index(sot) for i in asking])
-        at_sot = hidden[rows, positions.to(self.device)]
-        probs = torch.softmax(logits(self.model, at_sot), dim=-1)[:, self.special.no_speech]
-        self.state.no_speech[index[rows]] = probs
+    def _to_device(self, host: Tensor) -> Tensor:
+        """Pinned and asynchronous on CUDA: a pageable copy would wait for the queued steps."""
+        if self.device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     # ---- decoding -------------------------------------------------------------------------
 
@@ -260,27 +277,44 @@ class InflightDecoder:
             allowed[:, None, None, :],
         )
         st.position[:rows] += (~st.finished[:rows]).long()
-        self._choose(logits(self.model, hidden[:, 0]), slice(0, rows))
+        scores = logits(self.model, hidden[:, 0])
+        self._note_no_speech(scores, rows)
+        self._choose(scores, rows)
 
-    def _choose(self, scores: Tensor, where: slice | Tensor) -> None:
-        """Greedy choice under Whisper's rules for the rows `where`; finished rows stay put."""
+    def _note_no_speech(self, scores: Tensor, rows: int) -> None:
+        """P(<|nospeech|>) where a row that asks for it was fed <|startoftranscript|>."""
         st = self.state
+        at_sot = st.asks_no_speech[:rows] & (st.token[:rows] == self.special.sot)
+        probability = torch.exp(scores[:, self.special.no_speech] - torch.logsumexp(scores, dim=-1))
+        st.no_speech[:rows] = torch.where(at_sot, probability, st.no_speech[:rows])
+
+    def _choose(self, scores: Tensor, rows: int) -> None:
+        """The rows' next tokens: the prompt's next token while one is left, else the greedy
+        choice under Whisper's rules; finished rows stay put."""
+        st = self.state
+        where = slice(0, rows)
         sampled, finished = st.sampled[where], st.finished[where]
+        forcing = st.forced_next[where] < st.forced_end[where]
+        sampling = ~finished & ~forcing
         masked = self.rules.apply(scores, st.rules(where))
         logprobs = torch.log_softmax(masked, dim=-1)
-        chosen = torch.where(finished, self.special.eot, masked.argmax(dim=-1))
+        next_forced = st.forced_next[where].clamp(max=self.text_ctx - 1)
+        prompted = st.forced[self._row_ids[where], next_forced]
+        chosen = torch.where(forcing, prompted, masked.argmax(dim=-1))
+        chosen = torch.where(finished, self.special.eot, chosen)
         picked = logprobs.gather(1, chosen[:, None])[:, 0]
-        st.sum_logprob[where] = st.sum_logprob[where] + torch.where(finished, 0.0, picked)
-        st.out[self._row_ids[where], sampled.clamp(max=self.text_ctx - 1)] = chosen
-        is_timestamp = chosen >= self.special.timestamp_begin
+        st.sum_logprob[where] = st.sum_logprob[where] + torch.where(sampling, picked, 0.0)
+        out_at = (self._row_ids[where], sampled.clamp(max=self.text_ctx - 1))
+        st.out[out_at] = torch.where(sampling, chosen, st.out[out_at])
+        is_timestamp = sampling & (chosen >= self.special.timestamp_begin)
         st.last_timestamp[where] = torch.where(is_timestamp, chosen, st.last_timestamp[where])
-        st.penultimate[where] = st.last[where]
-        st.last[where] = chosen
+        st.penultimate[where] = torch.where(sampling, st.last[where], st.penultimate[where])
+        st.last[where] = torch.where(sampling, chosen, st.last[where])
         st.token[where] = chosen
-        st.sampled[where] = sampled + (~finished).long()
-        st.finished[where] = (
-            finished | (chosen == self.special.eot) | (sampled + 1 >= st.budget[where])
-        )
+        st.forced_next[where] += forcing.long()
+        st.sampled[where] = sampled + sampling.long()
+        ends = (chosen == self.special.eot) | (sampled + 1 >= st.budget[where])
+        st.finished[where] = finished | (sampling & ends)
 
     def _collect_finished(self, occupied: list[int]) -> dict[int, Decoded]:
         st = self.state
@@ -322,3 +356,11 @@ class InflightDecoder:
                     self._graphs[rows, length] = graph
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
+
+
+def _split_prompt(prompt: Sequence[int], sot: int) -> tuple[Sequence[int], Sequence[int]]:
+    """(previous text, start-of-transcript sequence): the part prefilled at admission and
+    the part fed through the decode steps (the last token where there is no
+    <|startoftranscript|>)."""
+    start = list(prompt).index(sot) if sot in prompt else len(prompt) - 1
+    return prompt[:start], prompt[start:]
