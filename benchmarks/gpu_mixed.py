@@ -10,7 +10,8 @@ false`, then `true`). Two phases each:
   1 s pauses, `--file-cycles` times) back to back through Transcribe.
 
 Reported per mode and phase: release→final p50/p95/max, lost and mixed-up finals; in the
-loaded phase also the files' throughput (audio seconds finished per wall second). The goals:
+loaded phase also the files' throughput (audio seconds finished per wall second); per phase
+the engine's calls and busy share by kind (from the server's Prometheus metrics). The goals:
 loaded p95 ≤ 2 × alone p95 (step mode), and step throughput not below whole-batch throughput.
 
     python -m benchmarks.gpu_mixed --model /root/w/models/base --out mixed.json
@@ -22,11 +23,14 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import socket
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.gpu_streams import gpu_memory_mib, level, start_server
 from tests.speech import ENGLISH_CLIPS, load_pcm16k, silence, to_wav_bytes
@@ -62,8 +66,59 @@ def _file_caller_process(target: str, callers: int, cycles: int, stop_at: float)
     return asyncio.run(run())
 
 
+def engine_seconds(metrics_url: str) -> dict[str, tuple[float, float]]:
+    """(calls, seconds) of engine work so far, by kind (step, generate, detect, align)."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    totals: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "whisperwire_engine_seconds":
+            continue
+        for sample in family.samples:
+            kind = sample.labels.get("kind", "")
+            if sample.name.endswith("_count"):
+                totals.setdefault(kind, [0.0, 0.0])[0] = sample.value
+            elif sample.name.endswith("_sum"):
+                totals.setdefault(kind, [0.0, 0.0])[1] = sample.value
+    return {kind: (calls, seconds) for kind, (calls, seconds) in totals.items()}
+
+
+def engine_use(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], wall: float
+) -> dict[str, Any]:
+    """Per kind: engine calls per second and the share of wall time the engine spent on
+    them (the engine thread is saturated where the shares sum to about 1)."""
+    use: dict[str, Any] = {}
+    for kind, (calls, seconds) in after.items():
+        calls0, seconds0 = before.get(kind, (0.0, 0.0))
+        use[kind] = {
+            "calls_per_second": round((calls - calls0) / wall, 1),
+            "busy_share": round((seconds - seconds0) / wall, 3),
+        }
+    use["busy_share_total"] = round(sum(v["busy_share"] for v in use.values()), 3)
+    return use
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def measured_level(
+    target: str, server_pid: int, args: argparse.Namespace, metrics_url: str
+) -> dict[str, Any]:
+    before, begin = engine_seconds(metrics_url), time.time()
+    result = level(target, server_pid, args.streams, args.seconds, args.processes)
+    result["engine"] = engine_use(before, engine_seconds(metrics_url), time.time() - begin)
+    return result
+
+
 def loaded_level(
-    target: str, server_pid: int, args: argparse.Namespace, file_seconds: float
+    target: str,
+    server_pid: int,
+    args: argparse.Namespace,
+    file_seconds: float,
+    metrics_url: str,
 ) -> dict[str, Any]:
     """The streams' level while the file callers run; files finished inside the streams'
     measured window give the throughput."""
@@ -82,7 +137,7 @@ def loaded_level(
         ]
         time.sleep(warm_up)
         window_start = time.time()
-        result = level(target, server_pid, args.streams, args.seconds, args.processes)
+        result = measured_level(target, server_pid, args, metrics_url)
         window_end = time.time()
         finishes = [t for job in jobs for t in job.get(timeout=900)]
     inside = [t for t in finishes if window_start <= t <= window_end]
@@ -98,12 +153,14 @@ def loaded_level(
 
 
 def run_mode(mode: str, args: argparse.Namespace, file_seconds: float) -> dict[str, Any]:
-    extra = ["--step-batching", MODES[mode], *args.server_args]
+    port = free_port()
+    extra = ["--step-batching", MODES[mode], "--metrics-port", str(port), *args.server_args]
     server, target = start_server(args.model, args.device, args.max_batch_size, extra)
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
     try:
-        alone = level(target, server.pid, args.streams, args.seconds, args.processes)
+        alone = measured_level(target, server.pid, args, metrics_url)
         print(mode, "alone", json.dumps(alone), flush=True)
-        loaded = loaded_level(target, server.pid, args, file_seconds)
+        loaded = loaded_level(target, server.pid, args, file_seconds, metrics_url)
         print(mode, "loaded", json.dumps(loaded), flush=True)
     finally:
         server.terminate()
