@@ -25,6 +25,7 @@ from tests.grpc_helpers import (
     until,
 )
 from tests.speech import (
+    CHINESE,
     ENGLISH_CLIPS,
     HESTER,
     JFK,
@@ -36,7 +37,14 @@ from tests.speech import (
     wer,
 )
 from whisperwire.server.domain import DecodeOptions
-from whisperwire.server.engine import Features, Generation, GenerationParams, WindowRequest
+from whisperwire.server.engine import (
+    DETECT_LANGUAGE,
+    Features,
+    Generation,
+    GenerationParams,
+    LanguageRanking,
+    WindowRequest,
+)
 from whisperwire.server.engines.torch import TorchEngine, load_torch_engine
 from whisperwire.server.features import window_features
 from whisperwire.server.runner import Priority
@@ -61,6 +69,17 @@ def tiny(tiny_en_dir: Path) -> TorchModel:
     return engine, tokenizer
 
 
+@pytest.fixture(scope="module")
+def base(base_model_dir: Path) -> TorchModel:
+    """Multilingual base (language detection), four slots, four steps between host reads."""
+    torch.set_num_threads(2)
+    engine, tokenizer = load_torch_engine(
+        str(base_model_dir), device="cpu", dtype=None, max_batch_size=SLOTS
+    )
+    engine._inflight.steps_per_advance = STEPS
+    return engine, tokenizer
+
+
 def mel_of(clip: object) -> np.ndarray:
     return window_features(load_pcm16k(clip), 80)  # type: ignore[arg-type]
 
@@ -73,8 +92,8 @@ def params_of(tokenizer: WhisperTokenizer) -> GenerationParams:
     return GenerationParams(max_new_tokens=224, suppress_tokens=tokenizer.non_speech_tokens())
 
 
-def drain(engine: TorchEngine, limit: int = 200) -> dict[int, Generation]:
-    done: dict[int, Generation] = {}
+def drain(engine: TorchEngine, limit: int = 200) -> dict[int, Generation | LanguageRanking]:
+    done: dict[int, Generation | LanguageRanking] = {}
     for _ in range(limit):
         if not engine.in_flight:
             return done
@@ -138,6 +157,32 @@ def test_previous_text_is_prefilled_and_the_rest_of_the_prompt_fed_by_the_steps(
         assert returned[i].cum_logprob == pytest.approx(expected.cum_logprob, abs=1e-3)
         assert returned[i].no_speech_prob == pytest.approx(expected.no_speech_prob, abs=1e-4)
     assert wer(JFK.reference, tokenizer.decode(returned[0].token_ids)) <= 0.1
+
+
+def test_language_detection_rides_the_decode_steps(base: TorchModel) -> None:
+    """Detection joins a running decode (JFK, in English), leaves at the next boundary with
+    the whole-batch ranking, and the window decoding beside it is unchanged."""
+    engine, tokenizer = base
+    params = params_of(tokenizer)
+    prompt = tokenizer.prompt(language="en", task=DecodeOptions().task, timestamps=False)
+    clips = [JFK, CHINESE, HESTER]
+    mels = [mel_of(c) for c in clips]
+    whole_text = engine.generate(mels[:1], [prompt], params)[0]
+    whole_rankings = engine.detect_language(mels[1:])
+
+    engine.advance([WindowRequest(0, mels[0], prompt, params)], [])
+    detecting = [WindowRequest(i, mels[i], [], DETECT_LANGUAGE) for i in (1, 2)]
+    assert engine.free_slots(DETECT_LANGUAGE) == SLOTS - 1
+    returned = engine.advance(detecting, [])
+    assert set(returned) == {1, 2}  # back after the one advance they joined
+    for ticket, expected in zip((1, 2), whole_rankings, strict=True):
+        ranking = returned[ticket]
+        assert isinstance(ranking, list)
+        assert [code for code, _ in ranking[:3]] == [code for code, _ in expected[:3]]
+        assert ranking[0][1] == pytest.approx(expected[0][1], abs=1e-4)
+    assert returned[1][0][0] == "zh" and returned[2][0][0] == "en"  # type: ignore[index]
+    text = drain(engine)[0]
+    assert isinstance(text, Generation) and text.token_ids == whole_text.token_ids
 
 
 def test_a_cancelled_window_frees_its_slot_at_the_next_step(tiny: TorchModel) -> None:
@@ -214,7 +259,7 @@ class RecordingEngine:
 
     def advance(
         self, admit: Sequence[WindowRequest], cancel: Sequence[int]
-    ) -> dict[int, Generation]:
+    ) -> dict[int, Generation | LanguageRanking]:
         self.admitted.append([w.ticket for w in admit])
         self.calls.append("advance")
         return self._engine.advance(admit, cancel)
@@ -273,6 +318,34 @@ async def test_a_files_whole_batch_call_waits_while_a_final_decodes(tiny: TorchM
     assert engine.calls[0] == "advance"  # the final joined first, though the file came first
     assert "detect" in engine.calls[: BULK_CALL_ROUNDS + 1]  # and the file waited boundedly
     assert len(languages) == 1  # tiny.en is English-only: no language tokens to rank
+    assert wer(HESTER.reference, tokenizer.decode(generation.token_ids)) <= 0.1
+
+
+async def test_a_files_language_detection_joins_the_steps(base: TorchModel) -> None:
+    """On an engine that detects in flight, a file's detection is step work like its
+    windows: no whole-batch call stops the stream's final decoding beside it."""
+    engine, tokenizer = RecordingEngine(base[0]), base[1]
+    scheduler = BatchScheduler(engine)
+    prompt = tokenizer.prompt(language="en", task=DecodeOptions().task, timestamps=False)
+    detect = asyncio.create_task(
+        scheduler.detect_language([mel_of(CHINESE)], priority=Priority.BULK)
+    )
+    final = asyncio.create_task(
+        scheduler.generate(
+            [mel_of(HESTER)], [prompt], params_of(tokenizer), priority=Priority.FINAL
+        )
+    )
+    await asyncio.sleep(0)
+    scheduler.start()
+    try:
+        ([ranking], _), ((generation,), _) = await asyncio.wait_for(
+            asyncio.gather(detect, final), 300
+        )
+    finally:
+        await scheduler.stop()
+    assert "detect" not in engine.calls
+    assert engine.admitted[0] == [1, 0]  # one admission: the final first, then detection
+    assert ranking[0][0] == "zh"
     assert wer(HESTER.reference, tokenizer.decode(generation.token_ids)) <= 0.1
 
 

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from whisperwire.server.errors import EngineError
 
 Features = npt.NDArray[np.float32]  # [n_mels, 3000] log-mel of one 30 s window
+LanguageRanking = list[tuple[str, float]]  # (language code, probability), most likely first
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Engine(Protocol):
         """Decode a batch; len(features) == len(prompts) <= info.max_batch_size."""
         ...
 
-    def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
+    def detect_language(self, features: Sequence[Features]) -> list[LanguageRanking]:
         """Per item, (language code, probability) pairs, most likely first."""
         ...
 
@@ -107,13 +108,23 @@ class WordAligner(Protocol):
 
 
 @dataclass(frozen=True)
+class DetectLanguage:
+    """Step-level work that asks only for a window's language (Engine.detect_language's
+    ranking), so detection joins the running decode instead of stopping it."""
+
+
+DETECT_LANGUAGE = DetectLanguage()
+StepWork = GenerationParams | DetectLanguage
+
+
+@dataclass(frozen=True)
 class WindowRequest:
-    """One window submitted for step-level decoding."""
+    """One window submitted for step-level decoding (or, with DETECT_LANGUAGE, detection)."""
 
     ticket: int  # the scheduler's id for the window, unique while it is in flight
     features: Features
-    prompt: Sequence[int]
-    params: GenerationParams
+    prompt: Sequence[int]  # empty for DETECT_LANGUAGE
+    params: StepWork
 
 
 @runtime_checkable
@@ -127,24 +138,25 @@ class StepBatcher(Protocol):
         """Windows admitted and not yet returned or cancelled."""
         ...
 
-    def steppable(self, params: GenerationParams) -> bool:
-        """Whether windows with these parameters are decoded step-level at all (others go
-        through whole-batch `generate`)."""
+    def steppable(self, params: StepWork) -> bool:
+        """Whether windows with these parameters (or language detection) are decoded
+        step-level at all (others go through whole-batch `generate` / `detect_language`)."""
         ...
 
-    def free_slots(self, params: GenerationParams) -> int:
+    def free_slots(self, params: StepWork) -> int:
         """How many windows with these (steppable) parameters may be admitted now; 0 while
         the engine is full or decodes windows whose parameters cannot share a step."""
         ...
 
     def advance(
         self, admit: Sequence[WindowRequest], cancel: Sequence[int]
-    ) -> Mapping[int, Generation | EngineError]:
+    ) -> Mapping[int, Generation | LanguageRanking | EngineError]:
         """Drop the `cancel` tickets' windows, admit `admit` (at most `free_slots`; their
         encoder runs as one batch), run a few decode steps over every window in flight, and
-        return the windows that finished, by ticket: its Generation, or the EngineError its
-        caller gets when the engine failed on that window alone. Raising EngineError means
-        the engine failed as a whole: every window in flight is dropped (in_flight is 0)."""
+        return the windows that finished, by ticket: its Generation (a LanguageRanking for
+        DETECT_LANGUAGE), or the EngineError its caller gets when the engine failed on that
+        window alone. Raising EngineError means the engine failed as a whole: every window
+        in flight is dropped (in_flight is 0)."""
         ...
 
 

@@ -13,8 +13,8 @@ do not wait for a whole batch: between two `advance` calls of the engine, the sc
 admits queued windows into free slots (finals, then partials, then bulk; bulk holds at most
 `bulk_batch_size` slots, or all but an eighth, so streams always find one), passes the tickets
 of callers that went away (their slots free at once), and resolves each window the moment the
-engine returns it. Other work (language detection, alignment, beam search, sampling) runs as
-whole-batch calls between advances.
+engine returns it. Language detection joins the steps too where the engine offers it. Other
+work (alignment, beam search, sampling) runs as whole-batch calls between advances.
 
 A watchdog bounds every engine call by `stall_seconds` per item of its batch, plus one more
 `stall_seconds`. A call that overruns it (a hung GPU, a wedged runtime) cannot be cancelled:
@@ -38,11 +38,14 @@ from typing import Any
 
 from whisperwire.server.domain import EngineTime
 from whisperwire.server.engine import (
+    DETECT_LANGUAGE,
     Alignment,
+    DetectLanguage,
     Engine,
     Features,
     Generation,
     GenerationParams,
+    LanguageRanking,
     StepBatcher,
     WindowRequest,
     step_batcher,
@@ -55,7 +58,7 @@ from whisperwire.server.runner import Priority
 
 log = logging.getLogger(__name__)
 
-DETECT = "detect-language"
+DETECT = DETECT_LANGUAGE
 HOLD_ROUNDS = 2  # step mode: most advances a non-final window waits for a group to gather
 BULK_CALL_ROUNDS = 4  # step mode: least advances between bulk whole-batch calls, streams busy
 ALIGN = "align-words"
@@ -181,7 +184,7 @@ class BatchScheduler:
 
     async def detect_language(
         self, features: Sequence[Features], *, priority: Priority
-    ) -> tuple[list[list[tuple[str, float]]], EngineTime]:
+    ) -> tuple[list[LanguageRanking], EngineTime]:
         outcomes, spent = await self._submit(DETECT, [(f, None) for f in features], priority)
         return [o.value for o in outcomes], spent
 
@@ -338,14 +341,15 @@ class BatchScheduler:
         """Whether this work is decoded step-level (else it runs in whole-batch calls)."""
         return (
             self._stepper is not None
-            and isinstance(work.key, GenerationParams)
+            and isinstance(work.key, GenerationParams | DetectLanguage)
             and self._stepper.steppable(work.key)
         )
 
     # ---- step mode ----------------------------------------------------------------------------
     def _admissible(self) -> list[_Work]:
         """Queued windows that may join the decode now, most urgent first: finals, partials,
-        then bulk within its slots. One call admits windows of one set of parameters."""
+        then bulk within its slots. One call admits windows of one set of parameters, and
+        any language detection (which shares a step with every window)."""
         if self._stepper is None:
             return []
         waiting = self.policy.ordered(
@@ -353,22 +357,27 @@ class BatchScheduler:
         )
         if not waiting or not self._time_to_admit(waiting):
             return []
-        params = waiting[0].key
-        assert isinstance(params, GenerationParams)
-        free = self._stepper.free_slots(params)
+        params = next((w.key for w in waiting if isinstance(w.key, GenerationParams)), DETECT)
+        assert isinstance(params, GenerationParams | DetectLanguage)
+        windows_free = self._stepper.free_slots(params)  # windows decoded under `params`
+        slots_free = windows_free  # and detection, which shares a step with any window
+        if self._stepper.steppable(DETECT):
+            slots_free = max(windows_free, self._stepper.free_slots(DETECT))
         bulk_free = self._bulk_slots - sum(
             1 for w in self._in_flight.values() if not w.priority.interactive
         )
         chosen: list[_Work] = []
         for work in waiting:
-            if len(chosen) == free:
+            if len(chosen) == slots_free:
                 break
-            if work.key != params:
+            is_window = work.key != DETECT
+            if is_window and (work.key != params or windows_free <= 0):
                 continue
             if not work.priority.interactive:
                 if bulk_free <= 0:
                     continue
                 bulk_free -= 1
+            windows_free -= is_window
             chosen.append(work)
         return chosen
 
@@ -414,8 +423,10 @@ class BatchScheduler:
                 work.future.set_result(_Outcome(result, work.admitted, done))
 
     async def _engine_round(
-        self, call: Callable[[], Mapping[int, Generation | EngineError]], works: list[_Work]
-    ) -> Mapping[int, Generation | EngineError] | None:
+        self,
+        call: Callable[[], Mapping[int, Generation | LanguageRanking | EngineError]],
+        works: list[_Work],
+    ) -> Mapping[int, Generation | LanguageRanking | EngineError] | None:
         """One advance under the watchdog; on failure the windows in flight fail (the engine
         dropped them) and None is returned."""
         started = time.perf_counter()
@@ -537,5 +548,5 @@ def _stalled(windows: int, bound: float) -> EngineLostError:
 
 
 def _window_request(work: _Work) -> WindowRequest:
-    assert isinstance(work.key, GenerationParams)
+    assert isinstance(work.key, GenerationParams | DetectLanguage)
     return WindowRequest(work.seq, work.features, work.prompt or [], work.key)

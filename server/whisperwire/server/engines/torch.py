@@ -19,6 +19,8 @@ from whisperwire.server.engine import (
     Features,
     Generation,
     GenerationParams,
+    LanguageRanking,
+    StepWork,
     WindowRequest,
 )
 from whisperwire.server.engines.torch_whisper import alignment
@@ -115,33 +117,51 @@ class TorchEngine:
     def in_flight(self) -> int:
         return self._inflight.in_flight
 
-    def steppable(self, params: GenerationParams) -> bool:
+    def steppable(self, params: StepWork) -> bool:
+        if not isinstance(params, GenerationParams):  # language detection
+            return self.info.multilingual
         return params.beam_size == 1 and params.temperature == 0
 
-    def free_slots(self, params: GenerationParams) -> int:
+    def free_slots(self, params: StepWork) -> int:
         return self._inflight.free_slots(_rule_config(params))
 
     def advance(
         self, admit: Sequence[WindowRequest], cancel: Sequence[int]
-    ) -> dict[int, Generation]:
+    ) -> dict[int, Generation | LanguageRanking]:
         self._inflight.cancel(cancel)
+        configs = {_rule_config(w.params) for w in admit} - {None}
+        assert len(configs) <= 1, "one admission, one set of logit rules"
         try:
             if admit:
                 self._inflight.admit(
                     _mel([w.features for w in admit]),
-                    [_admission(w) for w in admit],
-                    _rule_config(admit[0].params),
+                    [self._admission(w) for w in admit],
+                    configs.pop() if configs else None,
                 )
             finished = self._inflight.advance()
         except BaseException:
             self._inflight.reset()  # the scheduler fails every window in flight
             raise
-        return {ticket: _generation(d) for ticket, d in finished.items()}
+        return {
+            ticket: _generation(d) if isinstance(d, Decoded) else self._ranking(d)
+            for ticket, d in finished.items()
+        }
 
-    def detect_language(self, features: Sequence[Features]) -> list[list[tuple[str, float]]]:
+    def _admission(self, window: WindowRequest) -> Admission:
+        params = window.params
+        if not isinstance(params, GenerationParams):  # fed <|startoftranscript|> alone
+            return Admission(window.ticket, [self._special.sot], 1, False, detect_language=True)
+        return Admission(
+            window.ticket, window.prompt, params.max_new_tokens, params.return_no_speech_prob
+        )
+
+    def detect_language(self, features: Sequence[Features]) -> list[LanguageRanking]:
         probs = self._decoder.language_probs(self._decoder.encode(_mel(features))).tolist()
+        return [self._ranking(row) for row in probs]
+
+    def _ranking(self, probs: Sequence[float]) -> LanguageRanking:
         codes = [self._tokenizer.language_code(t) for t in self._special.language_ids]
-        return [sorted(zip(codes, row, strict=True), key=lambda pair: -pair[1]) for row in probs]
+        return sorted(zip(codes, probs, strict=True), key=lambda pair: -pair[1])
 
     def align(
         self,
@@ -180,15 +200,11 @@ def special_tokens(tokenizer: WhisperTokenizer) -> SpecialTokens:
     )
 
 
-def _rule_config(params: GenerationParams) -> tuple[tuple[int, ...], bool]:
+def _rule_config(params: StepWork) -> tuple[tuple[int, ...], bool] | None:
+    """The logit rules a window decodes under (None: detection, which no rule touches)."""
+    if not isinstance(params, GenerationParams):
+        return None
     return params.suppress_tokens, params.suppress_blank
-
-
-def _admission(window: WindowRequest) -> Admission:
-    params = window.params
-    return Admission(
-        window.ticket, window.prompt, params.max_new_tokens, params.return_no_speech_prob
-    )
 
 
 def _generation(decoded: Decoded) -> Generation:

@@ -23,6 +23,7 @@ from whisperwire.server.engine import (
     Features,
     Generation,
     GenerationParams,
+    StepWork,
     WindowRequest,
 )
 from whisperwire.server.errors import EngineError, EngineLostError, ModelNotFoundError
@@ -235,12 +236,15 @@ class TrtLlmEngine:
     def in_flight(self) -> int:
         return len(self._windows)
 
-    def steppable(self, params: GenerationParams) -> bool:
-        # The probe decodes with one beam, and the executor runs one beam width at a time.
+    def steppable(self, params: StepWork) -> bool:
+        # Language detection runs as whole-batch probe requests. The probe decodes with one
+        # beam, and the executor runs one beam width at a time.
+        if not isinstance(params, GenerationParams):
+            return False
         return self._beam_width(params) == 1 or not params.return_no_speech_prob
 
-    def free_slots(self, params: GenerationParams) -> int:
-        if not self.steppable(params):
+    def free_slots(self, params: StepWork) -> int:
+        if not isinstance(params, GenerationParams) or not self.steppable(params):
             return 0
         beam_width = self._beam_width(params)
         if any(window.beam_width != beam_width for window in self._windows.values()):
@@ -258,6 +262,7 @@ class TrtLlmEngine:
         admitted: dict[int, _Window] = {}
         for item in admit:
             try:
+                assert isinstance(item.params, GenerationParams)  # steppable() said so
                 admitted[item.ticket] = self._window(item.features, item.prompt, item.params)
             except EngineError as error:  # a prompt this engine cannot take fails it alone
                 finished[item.ticket] = error

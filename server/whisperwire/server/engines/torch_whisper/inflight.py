@@ -16,6 +16,10 @@ admission: an eager prefill of a few tokens costs hundreds of kernel launches an
 round trips for little GPU work, and it stopped every window in flight while it ran. Only
 previous text (an initial prompt, before <|startoftranscript|>) is prefilled at admission.
 
+Language detection rides the same steps: a detecting window is fed <|startoftranscript|>
+alone, the step that feeds it keeps the softmax over the language tokens, and the window
+leaves at the next boundary, so a file's detection never stops the windows in flight.
+
 Memory is fixed at construction (cache and state for `rows` slots): a full engine refuses
 admissions (free_slots is 0), it never allocates more.
 """
@@ -52,12 +56,16 @@ class Admission:
     prompt: Sequence[int]
     max_new_tokens: int
     no_speech: bool  # report P(<|nospeech|>) at the start-of-transcript position
+    detect_language: bool = False  # only the language probabilities at that position
+
+
+Finished = Decoded | list[float]  # a window's decode, or a detecting window's probabilities
 
 
 class _Rows:
     """Per-slot decode state at fixed addresses (the captured graphs read and write it)."""
 
-    def __init__(self, rows: int, text_ctx: int, device: torch.device) -> None:
+    def __init__(self, rows: int, text_ctx: int, languages: int, device: torch.device) -> None:
         def longs(fill: int = 0) -> Tensor:
             return torch.full((rows,), fill, dtype=torch.long, device=device)
 
@@ -69,6 +77,8 @@ class _Rows:
         self.forced = torch.zeros(rows, text_ctx, dtype=torch.long, device=device)
         self.forced_next, self.forced_end = longs(), longs()
         self.asks_no_speech = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.detects = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.language_probs = torch.zeros(rows, languages, dtype=torch.float32, device=device)
         self.last, self.penultimate, self.last_timestamp = longs(), longs(), longs(-1)
         self.timestamp_mode = torch.zeros(rows, dtype=torch.bool, device=device)
         self.finished = torch.ones(rows, dtype=torch.bool, device=device)
@@ -107,11 +117,13 @@ class InflightDecoder:
         self.text_ctx = model.dims.n_text_ctx
         self.cache = DecoderCache(model, rows, device=self.device, dtype=param.dtype)
         self.rules = LogitRules(special, model.dims.n_vocab, self.device)
-        self.state = _Rows(rows, self.text_ctx, self.device)
+        self.state = _Rows(rows, self.text_ctx, len(special.language_ids), self.device)
+        self._language_ids = torch.tensor(special.language_ids, dtype=torch.long).to(self.device)
         self._slots = torch.arange(self.text_ctx, device=self.device)
         self._row_ids = torch.arange(rows, device=self.device)
         self._lengths = list(lengths)
         self._tickets: list[int | None] = [None] * rows
+        self._detecting: list[bool] = [False] * rows
         self._reach: list[int] = [0] * rows  # upper bound of each row's position
         self._config: RuleConfig | None = None
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
@@ -136,11 +148,17 @@ class InflightDecoder:
     def in_flight(self) -> int:
         return sum(t is not None for t in self._tickets)
 
-    def free_slots(self, config: RuleConfig) -> int:
-        """Windows decoded under other logit rules must finish before these may join."""
-        if self.in_flight and config != self._config:
+    def free_slots(self, config: RuleConfig | None) -> int:
+        """Windows decoded under other logit rules must finish before these may join (None:
+        language detection, which no rule touches)."""
+        if config is not None and self._decoding() and config != self._config:
             return 0
         return self.rows - self.in_flight
+
+    def _decoding(self) -> bool:
+        """Whether windows other than detecting ones are in flight."""
+        pairs = zip(self._tickets, self._detecting, strict=True)
+        return any(ticket is not None and not detecting for ticket, detecting in pairs)
 
     def cancel(self, tickets: Sequence[int]) -> None:
         wanted = set(tickets)
@@ -156,18 +174,20 @@ class InflightDecoder:
     def _release(self, slot: int) -> None:
         """Idle rows still run in their bucket's step: finished, and writing slot 0."""
         self._tickets[slot] = None
+        self._detecting[slot] = False
         self.state.finished[slot] = True
         self.state.position[slot] = 0
 
     # ---- admission ------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def admit(self, mel: Tensor, windows: Sequence[Admission], config: RuleConfig) -> None:
+    def admit(self, mel: Tensor, windows: Sequence[Admission], config: RuleConfig | None) -> None:
         """Encode the windows' log-mel [B, n_mels, 3000] as one batch and start each in a
-        free slot; its prompt's start-of-transcript sequence is fed by `advance`."""
+        free slot; its prompt's start-of-transcript sequence is fed by `advance`. `config`:
+        the decoding windows' logit rules (None when every window only detects)."""
         if len(windows) > self.free_slots(config):
             raise RuntimeError(f"{len(windows)} windows admitted, {self.free_slots(config)} free")
-        if self.in_flight == 0 or self._config != config:
+        if config is not None and (not self._decoding() or self._config != config):
             self._config = config
             self.rules.configure(*config)
         free = [slot for slot, ticket in enumerate(self._tickets) if ticket is None]
@@ -179,6 +199,7 @@ class InflightDecoder:
         self._start_rows(index, windows, starts)
         for slot, window, (head, _) in zip(slots, windows, starts, strict=True):
             self._tickets[slot] = window.ticket
+            self._detecting[slot] = window.detect_language
             self._reach[slot] = len(head)
 
     def _prefill_previous_text(self, index: Tensor, heads: Sequence[Sequence[int]]) -> None:
@@ -206,6 +227,7 @@ class InflightDecoder:
                 max(1, min(w.max_new_tokens, self.text_ctx - len(head) - len(tail))),  # budget
                 self.special.no_timestamps not in w.prompt,  # timestamp_mode
                 w.no_speech and tail[0] == self.special.sot,  # asks_no_speech
+                w.detect_language and tail[0] == self.special.sot,  # detects
                 tail[0],  # token
                 len(tail),  # forced_end: the tail's remaining tokens sit at 1..len-1
             )
@@ -214,7 +236,8 @@ class InflightDecoder:
         values = self._to_device(torch.tensor(columns, dtype=torch.long)).T
         st.position[index], st.budget[index] = values[0], values[1]
         st.timestamp_mode[index], st.asks_no_speech[index] = values[2].bool(), values[3].bool()
-        st.token[index], st.forced_end[index] = values[4], values[5]
+        st.detects[index] = values[4].bool()
+        st.token[index], st.forced_end[index] = values[5], values[6]
         width = max(len(tail) for _, tail in starts)
         tails = [list(tail) + [0] * (width - len(tail)) for _, tail in starts]
         st.forced[index, :width] = self._to_device(torch.tensor(tails))
@@ -234,12 +257,12 @@ class InflightDecoder:
         """Pinned and asynchronous on CUDA: a pageable copy would wait for the queued steps."""
         if self.device.type != "cuda":
             return host
-        return host.pin_memory().to(self.device, non_blocking=True)
+        return host.contiguous().pin_memory().to(self.device, non_blocking=True)
 
     # ---- decoding -------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def advance(self) -> dict[int, Decoded]:
+    def advance(self) -> dict[int, Finished]:
         """Run `steps_per_advance` decode steps over the occupied slots; return (and free)
         the windows that finished, by ticket."""
         occupied = [slot for slot, ticket in enumerate(self._tickets) if ticket is not None]
@@ -279,6 +302,7 @@ class InflightDecoder:
         st.position[:rows] += (~st.finished[:rows]).long()
         scores = logits(self.model, hidden[:, 0])
         self._note_no_speech(scores, rows)
+        self._note_languages(scores, rows)
         self._choose(scores, rows)
 
     def _note_no_speech(self, scores: Tensor, rows: int) -> None:
@@ -287,6 +311,15 @@ class InflightDecoder:
         at_sot = st.asks_no_speech[:rows] & (st.token[:rows] == self.special.sot)
         probability = torch.exp(scores[:, self.special.no_speech] - torch.logsumexp(scores, dim=-1))
         st.no_speech[:rows] = torch.where(at_sot, probability, st.no_speech[:rows])
+
+    def _note_languages(self, scores: Tensor, rows: int) -> None:
+        """The language probabilities where a detecting row was fed <|startoftranscript|>."""
+        if not len(self._language_ids):
+            return  # an English-only model detects nothing
+        st = self.state
+        at_sot = st.detects[:rows] & (st.token[:rows] == self.special.sot)
+        probs = torch.softmax(scores[:, self._language_ids], dim=-1)
+        st.language_probs[:rows] = torch.where(at_sot[:, None], probs, st.language_probs[:rows])
 
     def _choose(self, scores: Tensor, rows: int) -> None:
         """The rows' next tokens: the prompt's next token while one is left, else the greedy
@@ -316,23 +349,33 @@ class InflightDecoder:
         ends = (chosen == self.special.eot) | (sampled + 1 >= st.budget[where])
         st.finished[where] = finished | (sampling & ends)
 
-    def _collect_finished(self, occupied: list[int]) -> dict[int, Decoded]:
-        st = self.state
-        finished = st.finished.tolist()
-        done = [slot for slot in occupied if finished[slot]]
-        if not done:
-            return {}
-        index = torch.tensor(done, device=self.device)
-        counts = st.sampled[index].tolist()
-        out = st.out[index, : max(counts)].tolist()
-        sums = st.sum_logprob[index].tolist()
-        no_speech = [None if p != p else p for p in st.no_speech[index].tolist()]  # NaN: not asked
-        rows = zip(done, out, counts, sums, no_speech, strict=True)
-        results: dict[int, Decoded] = {}
-        for slot, tokens, count, total, prob in rows:
+    def _collect_finished(self, occupied: list[int]) -> dict[int, Finished]:
+        """Every occupied row's state in one device-to-host copy: each extra read is another
+        wait for this thread to get the interpreter back from the server's other threads."""
+        st, rows = self.state, max(occupied) + 1
+        columns = (st.finished, st.sampled, st.sum_logprob, st.no_speech)
+        host = torch.cat(
+            [
+                *(c[:rows, None].double() for c in columns),
+                st.language_probs[:rows].double(),
+                st.out[:rows].double(),  # token ids are exact in float64
+            ],
+            dim=1,
+        ).cpu()
+        languages = st.language_probs.shape[1]
+        results: dict[int, Finished] = {}
+        for slot in occupied:
+            finished, count, total, no_speech = host[slot, :4].tolist()
+            if not finished:
+                continue
             ticket = self._tickets[slot]
             assert ticket is not None
-            results[ticket] = Decoded(until_eot(tokens[:count], self.special.eot), total, prob)
+            if self._detecting[slot]:
+                results[ticket] = host[slot, 4 : 4 + languages].tolist()
+            else:
+                tokens = host[slot, 4 + languages : 4 + languages + int(count)].long().tolist()
+                prob = None if no_speech != no_speech else no_speech  # NaN: not asked
+                results[ticket] = Decoded(until_eot(tokens, self.special.eot), total, prob)
             self._release(slot)
         return results
 
