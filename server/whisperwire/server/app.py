@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -326,6 +327,7 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     check_exposure(settings)
+    sys.setswitchinterval(settings.engine.switch_interval_ms / 1000)
     engine, tokenizer = await asyncio.to_thread(load_engine, settings)
     try:
         running = await start_server(settings, engine, tokenizer)

@@ -54,6 +54,11 @@ class EngineSettings(_Group):
     """Worker processes that decode uploaded audio files; 0 decodes on threads of the server
     process. On a GPU server under many uploads, processes keep decoding off the server's
     interpreter lock, so streams stay responsive (on a CPU engine the cores are its)."""
+    switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
+    """Longest a thread of the server holds the interpreter while another waits for it
+    (Python's sys.setswitchinterval; its default is 5 ms). The engine thread wants it back
+    after every wait on the GPU, and the event loop is busy with streams: under load each
+    of those waits could cost up to this long."""
 
 
 class BatchingSettings(_Group):
