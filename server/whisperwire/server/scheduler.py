@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from whisperwire.server.domain import EngineTime
 from whisperwire.server.engine import (
@@ -57,6 +57,7 @@ from whisperwire.server.queue_policy import QueuePolicy
 from whisperwire.server.runner import Priority
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DETECT = DETECT_LANGUAGE
 HOLD_ROUNDS = 2  # step mode: most advances a non-final window waits for a group to gather
@@ -429,11 +430,9 @@ class BatchScheduler:
     ) -> Mapping[int, Generation | LanguageRanking | EngineError] | None:
         """One advance under the watchdog; on failure the windows in flight fail (the engine
         dropped them) and None is returned."""
-        started = time.perf_counter()
-        running = asyncio.get_running_loop().run_in_executor(self._executor, call)
         bound = self.stall_bound(len(works))
         try:
-            finished = await asyncio.wait_for(asyncio.shield(running), bound)
+            finished, seconds = await self._on_engine_thread(call, bound)
         except TimeoutError:
             self._lose_engine(works, _stalled(len(works), bound))
             return None
@@ -448,8 +447,21 @@ class BatchScheduler:
                     w.future.set_exception(error)
             self._in_flight.clear()
             return None
-        self._observe_step(len(works), len(finished), time.perf_counter() - started)
+        self._observe_step(len(works), len(finished), seconds)
         return finished
+
+    async def _on_engine_thread(self, call: Callable[[], _T], bound: float) -> tuple[_T, float]:
+        """`call` on the engine thread, and how long it ran there (not counting this loop's
+        delay in noticing). TimeoutError past `bound`: the thread cannot be stopped, only
+        the wait ends."""
+
+        def timed() -> tuple[_T, float]:
+            started = time.perf_counter()
+            return call(), time.perf_counter() - started
+
+        running = asyncio.get_running_loop().run_in_executor(self._executor, timed)
+        async with asyncio.timeout(bound):  # not wait_for + shield: fewer hops through the loop
+            return await running
 
     def _observe_step(self, windows: int, finished: int, seconds: float) -> None:
         self.metrics.batch_size.observe(windows)
@@ -469,11 +481,9 @@ class BatchScheduler:
         kind = _KINDS.get(batch[0].key, "generate")
         started = time.perf_counter()
         self._running = (started, len(batch) * self._window_seconds)
-        running = asyncio.get_running_loop().run_in_executor(self._executor, call)
         bound = self.stall_bound(len(batch))
         try:
-            # shield: on timeout the engine thread cannot be stopped; only the wait ends.
-            results = await asyncio.wait_for(asyncio.shield(running), bound)
+            results, seconds = await self._on_engine_thread(call, bound)
         except TimeoutError:
             self._lose_engine(batch, _stalled(len(batch), bound))
             return
@@ -490,7 +500,7 @@ class BatchScheduler:
         finally:
             self._running = None
         finished = time.perf_counter()
-        self._observe(kind, batch, finished - started)
+        self._observe(kind, batch, seconds)
         for w, value in zip(batch, results, strict=True):
             if not w.future.done():
                 w.future.set_result(_Outcome(value, started, finished))

@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
@@ -46,7 +48,7 @@ from whisperwire.server.engines.torch_whisper.model import (
     prefill_rows,
 )
 
-STEPS_PER_ADVANCE = 8  # decode steps between host reads of which rows finished
+STEPS_PER_ADVANCE = 16  # decode steps between host reads of which rows finished
 RuleConfig = tuple[tuple[int, ...], bool]  # (suppress_tokens, suppress_blank)
 
 
@@ -162,21 +164,22 @@ class InflightDecoder:
 
     def cancel(self, tickets: Sequence[int]) -> None:
         wanted = set(tickets)
-        for slot, ticket in enumerate(self._tickets):
-            if ticket in wanted:
-                self._release(slot)
+        self._release([slot for slot, ticket in enumerate(self._tickets) if ticket in wanted])
 
     def reset(self) -> None:
         """Drop every window (after a failed step the rows' state is unknown)."""
-        for slot in range(self.rows):
-            self._release(slot)
+        self._release(list(range(self.rows)))
 
-    def _release(self, slot: int) -> None:
+    def _release(self, slots: list[int]) -> None:
         """Idle rows still run in their bucket's step: finished, and writing slot 0."""
-        self._tickets[slot] = None
-        self._detecting[slot] = False
-        self.state.finished[slot] = True
-        self.state.position[slot] = 0
+        if not slots:
+            return
+        for slot in slots:
+            self._tickets[slot] = None
+            self._detecting[slot] = False
+        index = self._to_device(torch.tensor(slots))
+        self.state.finished[index] = True
+        self.state.position[index] = 0
 
     # ---- admission ------------------------------------------------------------------------
 
@@ -269,11 +272,11 @@ class InflightDecoder:
         if not occupied:
             return {}
         rows = next(size for size in buckets(self.rows) if size > max(occupied))
-        for _ in range(self.steps_per_advance):
-            reach = max(self._reach[slot] for slot in occupied)
-            self._step(rows, self._length(reach + 1))
-            for slot in occupied:
-                self._reach[slot] = min(self._reach[slot] + 1, self.text_ctx - 1)
+        reach = max(self._reach[slot] for slot in occupied)  # every row moves one a step
+        for step in range(self.steps_per_advance):
+            self._step(rows, self._length(reach + step + 1))
+        for slot in occupied:
+            self._reach[slot] = min(self._reach[slot] + self.steps_per_advance, self.text_ctx - 1)
         return self._collect_finished(occupied)
 
     def _length(self, slots_needed: int) -> int:
@@ -354,30 +357,37 @@ class InflightDecoder:
         wait for this thread to get the interpreter back from the server's other threads."""
         st, rows = self.state, max(occupied) + 1
         columns = (st.finished, st.sampled, st.sum_logprob, st.no_speech)
-        host = torch.cat(
-            [
-                *(c[:rows, None].double() for c in columns),
-                st.language_probs[:rows].double(),
-                st.out[:rows].double(),  # token ids are exact in float64
-            ],
-            dim=1,
-        ).cpu()
-        languages = st.language_probs.shape[1]
-        results: dict[int, Finished] = {}
-        for slot in occupied:
-            finished, count, total, no_speech = host[slot, :4].tolist()
-            if not finished:
-                continue
-            ticket = self._tickets[slot]
-            assert ticket is not None
-            if self._detecting[slot]:
-                results[ticket] = host[slot, 4 : 4 + languages].tolist()
-            else:
-                tokens = host[slot, 4 + languages : 4 + languages + int(count)].long().tolist()
-                prob = None if no_speech != no_speech else no_speech  # NaN: not asked
-                results[ticket] = Decoded(until_eot(tokens, self.special.eot), total, prob)
-            self._release(slot)
+        host = (
+            torch.cat(
+                [
+                    *(c[:rows, None].double() for c in columns),
+                    st.language_probs[:rows].double(),
+                    st.out[:rows].double(),  # token ids are exact in float64
+                ],
+                dim=1,
+            )
+            .cpu()
+            .numpy()
+        )
+        done = [slot for slot in occupied if host[slot, 0]]
+        results = {self._ticket(slot): self._finished(slot, host[slot]) for slot in done}
+        self._release(done)
         return results
+
+    def _ticket(self, slot: int) -> int:
+        ticket = self._tickets[slot]
+        assert ticket is not None
+        return ticket
+
+    def _finished(self, slot: int, row: npt.NDArray[np.float64]) -> Finished:
+        """A finished row's result from its host copy (see `_collect_finished`)."""
+        _, count, total, no_speech = row[:4].tolist()
+        languages = self.state.language_probs.shape[1]
+        if self._detecting[slot]:
+            return row[4 : 4 + languages].tolist()  # type: ignore[no-any-return]
+        tokens = row[4 + languages : 4 + languages + int(count)].astype(np.int64).tolist()
+        probability = None if no_speech != no_speech else no_speech  # NaN: not asked
+        return Decoded(until_eot(tokens, self.special.eot), total, probability)
 
     # ---- CUDA graphs ----------------------------------------------------------------------
 
