@@ -92,7 +92,9 @@ async def _talk(
     utterances: list[dict[str, Any]] = []
     await asyncio.sleep(max(0.0, start_at - time.time()))
     async with AsyncClient(target) as client:
-        stream = await client.stream(StreamOptions(recognition=RecognitionOptions(language="en")))
+        stream = await client.stream(
+            StreamOptions(recognition=RecognitionOptions(language="en", include_timings=True))
+        )
         turn = index
         while time.time() < stop_at:
             reference, pcm = clips[turn % len(clips)]
@@ -112,6 +114,9 @@ async def _talk(
                         raise RuntimeError("stream ended without a final")
                 record["latency"] = time.time() - released
                 record["text"] = event.transcript.text
+                if (timings := event.transcript.timings) is not None:
+                    record["server"] = {"queue": timings.queue, "engine": timings.inference}
+                    record["server"]["total"] = timings.total
             except Exception as error:  # a lost final is a result, not a crash
                 record["error"] = f"{type(error).__name__}: {error}"[:300]
                 utterances.append(record)
@@ -188,9 +193,28 @@ def summarise(
             q: round(float(np.percentile(latencies, p)), 1) if len(latencies) else None
             for q, p in (("p50", 50), ("p95", 95), ("max", 100))
         },
+        "server_ms": _server_split(finals),
         "server_cpu_percent_of_core_per_stream": round(100 * cpu_used / wall / streams, 3),
         "gpu_memory_used_mib_max": max(used) if used else None,
         "errors": sorted({u["error"] for u in counted if "error" in u})[:5],
+    }
+
+
+def _server_split(finals: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where a final's latency went, per the server's own timings (queue: waiting for the
+    engine; engine: in it; total: transcription; outside: the client's latency minus total,
+    i.e. the release reaching the stream's handler, the final reaching the client)."""
+    timed = [u for u in finals if "server" in u]
+    if not timed:
+        return {}
+    parts = {
+        name: np.array([u["server"][name] for u in timed]) * 1000
+        for name in ("queue", "engine", "total")
+    }
+    parts["outside"] = np.array([u["latency"] - u["server"]["total"] for u in timed]) * 1000
+    return {
+        name: {q: round(float(np.percentile(v, p)), 1) for q, p in (("p50", 50), ("p95", 95))}
+        for name, v in parts.items()
     }
 
 
