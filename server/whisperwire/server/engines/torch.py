@@ -64,6 +64,7 @@ class TorchEngine:
         self._alignment_heads = load_alignment_heads(checkpoint, dims, state)
         self._tokenizer = tokenizer
         self._special = special_tokens(tokenizer)
+        self._on_cuda = device == "cuda"
         self._decoder = WhisperDecoder(
             model,
             self._special,
@@ -134,7 +135,7 @@ class TorchEngine:
         try:
             if admit:
                 self._inflight.admit(
-                    _mel([w.features for w in admit]),
+                    _mel([w.features for w in admit], pinned=self._on_cuda),
                     [self._admission(w) for w in admit],
                     configs.pop() if configs else None,
                 )
@@ -211,8 +212,14 @@ def _generation(decoded: Decoded) -> Generation:
     return Generation(decoded.tokens, decoded.sum_logprob, decoded.no_speech_prob)
 
 
-def _mel(features: Sequence[Features]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(features))
+def _mel(features: Sequence[Features], *, pinned: bool = False) -> torch.Tensor:
+    """The windows' log-mel as one [B, n_mels, 3000] tensor; `pinned`: stacked straight into
+    page-locked memory, so the copy to the GPU is one asynchronous transfer."""
+    if not pinned:
+        return torch.from_numpy(np.stack(features))
+    out = torch.empty((len(features), *features[0].shape), dtype=torch.float32, pin_memory=True)
+    np.stack(features, out=out.numpy())
+    return out
 
 
 def _check_device(device: str, dtype: str) -> None:

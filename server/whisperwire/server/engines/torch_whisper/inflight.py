@@ -260,7 +260,9 @@ class InflightDecoder:
         """Pinned and asynchronous on CUDA: a pageable copy would wait for the queued steps."""
         if self.device.type != "cuda":
             return host
-        return host.contiguous().pin_memory().to(self.device, non_blocking=True)
+        if not host.is_pinned():
+            host = host.contiguous().pin_memory()
+        return host.to(self.device, non_blocking=True)
 
     # ---- decoding -------------------------------------------------------------------------
 
