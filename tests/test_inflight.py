@@ -295,6 +295,41 @@ async def test_finals_join_ahead_of_queued_bulk_and_bulk_keeps_its_slots(
     assert len(texts) == 1 and wer(HESTER.reference, texts.pop()) <= 0.1
 
 
+async def test_a_final_finds_a_free_slot_while_partials_and_bulk_fill_the_engine(
+    tiny_en_dir: Path,
+) -> None:
+    """Sixteen slots, one kept for finals: bulk and partial windows queued first fill the
+    other fifteen and more wait; a final arriving then joins at the very next advance."""
+    engine, tokenizer = load_torch_engine(
+        str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=16
+    )
+    engine._inflight.steps_per_advance = STEPS
+    recording = RecordingEngine(engine)
+    scheduler = BatchScheduler(recording, bulk_batch_size=16)
+    prompt, params, mel = prompt_of(tokenizer), params_of(tokenizer), mel_of(HESTER)
+
+    def submit(priority: Priority) -> asyncio.Task[tuple[list[Generation], object]]:
+        return asyncio.create_task(scheduler.generate([mel], [prompt], params, priority=priority))
+
+    others = [submit(Priority.BULK) for _ in range(12)] + [
+        submit(Priority.PARTIAL) for _ in range(8)
+    ]
+    await asyncio.sleep(0)
+    scheduler.start()
+    try:
+        assert await until(lambda: scheduler.in_flight == 15, polls=600)
+        advances_before = len(recording.admitted)
+        final = submit(Priority.FINAL)
+        [generation], _ = await asyncio.wait_for(final, 300)
+        await asyncio.wait_for(asyncio.gather(*others), 300)
+    finally:
+        await scheduler.stop()
+    assert len(recording.admitted[0]) == 15  # the sixteenth slot stayed free
+    final_ticket = 20
+    assert final_ticket in recording.admitted[advances_before]  # joined at the next advance
+    assert wer(HESTER.reference, tokenizer.decode(generation.token_ids)) <= 0.1
+
+
 async def test_a_files_whole_batch_call_waits_while_a_final_decodes(tiny: TorchModel) -> None:
     """A whole-batch call (a file's language detection) stops every window in flight, so
     while a stream's final decodes, bulk calls wait (at most a few advances)."""

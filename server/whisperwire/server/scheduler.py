@@ -11,7 +11,8 @@ served late.
 On an engine with in-flight batching (a StepBatcher) and `step_batching` on, greedy windows
 do not wait for a whole batch: between two `advance` calls of the engine, the scheduler
 admits queued windows into free slots (finals, then partials, then bulk; bulk holds at most
-`bulk_batch_size` slots, or all but an eighth, so streams always find one), passes the tickets
+`bulk_batch_size` slots, or all but an eighth, so streams always find one, and a sixteenth
+of the slots stays free for finals alone), passes the tickets
 of callers that went away (their slots free at once), and resolves each window the moment the
 engine returns it. Language detection joins the steps too where the engine offers it. Other
 work (alignment, beam search, sampling) runs as whole-batch calls between advances.
@@ -140,6 +141,9 @@ class BatchScheduler:
         # Admitting costs an encoder batch and a prefill, whatever its size: windows no one
         # waits on word by word join in groups of this many (or after HOLD_ROUNDS advances).
         self._admit_group = max(1, self.max_batch_size // 8)
+        # Free slots only a final may take, so a push-to-talk release never waits for one
+        # behind partials and bulk windows that keep the engine full.
+        self._final_reserve = self.max_batch_size // 16
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -367,6 +371,7 @@ class BatchScheduler:
         bulk_free = self._bulk_slots - sum(
             1 for w in self._in_flight.values() if not w.priority.interactive
         )
+        others_free = slots_free - self._final_reserve  # slots a non-final may take
         chosen: list[_Work] = []
         for work in waiting:
             if len(chosen) == slots_free:
@@ -374,10 +379,11 @@ class BatchScheduler:
             is_window = work.key != DETECT
             if is_window and (work.key != params or windows_free <= 0):
                 continue
-            if not work.priority.interactive:
-                if bulk_free <= 0:
+            if work.priority is not Priority.FINAL:
+                if others_free <= 0 or (not work.priority.interactive and bulk_free <= 0):
                     continue
-                bulk_free -= 1
+                others_free -= 1
+                bulk_free -= not work.priority.interactive
             windows_free -= is_window
             chosen.append(work)
         return chosen
