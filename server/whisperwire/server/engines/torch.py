@@ -81,6 +81,7 @@ class TorchEngine:
             rows=max_batch_size,
             lengths=self._decoder.lengths,
             use_cuda_graphs=cuda_graphs and device == "cuda",
+            capture_encoder=not compile_encoder,  # a compiled encoder runs as compiled
         )
         self.info = EngineInfo(
             name="torch",

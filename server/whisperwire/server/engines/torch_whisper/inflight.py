@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -110,6 +111,7 @@ class InflightDecoder:
         rows: int,
         lengths: Sequence[int],
         use_cuda_graphs: bool,
+        capture_encoder: bool = True,
         steps_per_advance: int = STEPS_PER_ADVANCE,
     ) -> None:
         param = next(model.parameters())
@@ -117,7 +119,8 @@ class InflightDecoder:
         self.steps_per_advance = steps_per_advance
         self.device = param.device
         self.text_ctx = model.dims.n_text_ctx
-        self.cache = DecoderCache(model, rows, device=self.device, dtype=param.dtype)
+        # One row more than the slots: where a captured admission's padding rows write.
+        self.cache = DecoderCache(model, rows + 1, device=self.device, dtype=param.dtype)
         self.rules = LogitRules(special, model.dims.n_vocab, self.device)
         self.state = _Rows(rows, self.text_ctx, len(special.language_ids), self.device)
         self._language_ids = torch.tensor(special.language_ids, dtype=torch.long).to(self.device)
@@ -129,8 +132,11 @@ class InflightDecoder:
         self._reach: list[int] = [0] * rows  # upper bound of each row's position
         self._config: RuleConfig | None = None
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._admission: _CapturedAdmission | None = None
         if use_cuda_graphs:
-            self._capture_graphs()
+            pool = self._capture_graphs()
+            if capture_encoder:
+                self._admission = _CapturedAdmission(self, pool)
             self._warm_up()
 
     def _warm_up(self) -> None:
@@ -196,7 +202,10 @@ class InflightDecoder:
         free = [slot for slot, ticket in enumerate(self._tickets) if ticket is None]
         slots = free[: len(windows)]
         index = self._to_device(torch.tensor(slots))
-        self.cache.fill_cross(self.model, self.encode(self._to_device(mel)), index)
+        if self._admission is not None:
+            self._admission.encode(self._to_device(mel), index)
+        else:
+            self.cache.fill_cross(self.model, self.encode(self._to_device(mel)), index)
         starts = [_split_prompt(w.prompt, self.special.sot) for w in windows]
         self._prefill_previous_text(index, [head for head, _ in starts])
         self._start_rows(index, windows, starts)
@@ -393,9 +402,9 @@ class InflightDecoder:
 
     # ---- CUDA graphs ----------------------------------------------------------------------
 
-    def _capture_graphs(self) -> None:
+    def _capture_graphs(self) -> _Pool:
         """One graph per (slot bucket, length bucket), on idle rows (all finished): what the
-        graphs keep is the buffers' addresses, not their values."""
+        graphs keep is the buffers' addresses, not their values. Returns their memory pool."""
         pool = None
         side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream())
@@ -411,6 +420,51 @@ class InflightDecoder:
                     self._graphs[rows, length] = graph
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
+        return pool
+
+
+_Pool = Any  # a CUDA graph memory pool handle (torch's is untyped)
+ADMISSION_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)
+
+
+class _CapturedAdmission:
+    """An admission's encoder and cross-attention key/value writes as one CUDA graph per
+    batch size: a few host calls instead of hundreds of kernel launches, each of which, in a
+    busy server, first waits for the interpreter lock. A batch runs in the smallest captured
+    size that holds it; its padding rows encode stale input into the cache's spare row."""
+
+    def __init__(self, decoder: InflightDecoder, pool: _Pool) -> None:
+        self.decoder = decoder
+        rows, device = decoder.rows, decoder.device
+        self.sizes = [size for size in ADMISSION_SIZES if size < rows] + [rows]
+        self.mel = torch.zeros(rows, decoder.model.dims.n_mels, 3000, device=device)
+        self.index = torch.full((rows,), rows, dtype=torch.long, device=device)  # spare row
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for size in self.sizes:
+                for _ in range(2):  # warm-up: lazy kernel init must not happen in capture
+                    self._fill(size)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=side):
+                    self._fill(size)
+                self.graphs[size] = graph
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+
+    def _fill(self, size: int) -> None:
+        d = self.decoder
+        d.cache.fill_cross(d.model, d.encode(self.mel[:size]), self.index[:size])
+
+    def encode(self, mel: Tensor, index: Tensor) -> None:
+        """Encode `mel` [B, n_mels, 3000] (on the device) into cache rows `index` [B]."""
+        count = len(index)
+        size = next(s for s in self.sizes if s >= count)
+        self.mel[:count].copy_(mel)
+        self.index[:count].copy_(index)
+        self.index[count:size].fill_(self.decoder.rows)
+        self.graphs[size].replay()
 
 
 def _split_prompt(prompt: Sequence[int], sot: int) -> tuple[Sequence[int], Sequence[int]]:
