@@ -7,7 +7,7 @@ real server, streams and files share the decode and a caller that leaves frees i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from whisperwire.server.engine import (
     GenerationParams,
     LanguageRanking,
     WindowRequest,
+    never,
 )
 from whisperwire.server.engines.torch import TorchEngine, load_torch_engine
 from whisperwire.server.features import window_features
@@ -185,6 +186,65 @@ def test_language_detection_rides_the_decode_steps(base: TorchModel) -> None:
     assert isinstance(text, Generation) and text.token_ids == whole_text.token_ids
 
 
+@pytest.fixture
+def long_advances(tiny: TorchModel) -> Iterator[TorchEngine]:
+    """The tiny engine with sixteen steps per advance, for tests of ending one early."""
+    engine = tiny[0]
+    engine._inflight.steps_per_advance = 16
+    yield engine
+    engine._inflight.steps_per_advance = STEPS
+
+
+def test_an_advance_ends_early_when_told_to(long_advances: TorchEngine, tiny: TorchModel) -> None:
+    """Polled every four steps: an advance told to end runs four steps, not sixteen, and
+    the window decodes the same."""
+    engine, tokenizer = long_advances, tiny[1]
+    prompt, params, mel = prompt_of(tokenizer), params_of(tokenizer), mel_of(JFK)
+
+    def advances_to_finish(interrupted: Callable[[], bool]) -> tuple[int, Generation]:
+        done = engine.advance([WindowRequest(0, mel, prompt, params)], [], interrupted)
+        count = 1
+        while not done:
+            done = engine.advance([], [], interrupted)
+            count += 1
+        result = done[0]
+        assert isinstance(result, Generation)
+        return count, result
+
+    full, text = advances_to_finish(never)
+    short, same_text = advances_to_finish(lambda: True)
+    assert same_text.token_ids == text.token_ids
+    assert len(text.token_ids) > 16 and full == -(-(len(text.token_ids) + 2) // 16)
+    assert short >= 3 * full
+
+
+def test_an_urgent_window_is_returned_the_moment_it_finishes(
+    long_advances: TorchEngine, tiny: TorchModel
+) -> None:
+    """NIGHTFALL (urgent, 27 steps) beside a longer window: the advance in which NIGHTFALL
+    finishes ends at the next four-step boundary instead of running all sixteen steps."""
+    engine, tokenizer = long_advances, tiny[1]
+    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
+    longer = window_features(np.concatenate([load_pcm16k(JFK), load_pcm16k(NIGHTFALL)]), 80)
+
+    def steps_when_nightfall_returns(urgent: bool) -> int:
+        admit = [
+            WindowRequest(0, longer, prompt, params),
+            WindowRequest(1, mel_of(NIGHTFALL), prompt, params, urgent=urgent),
+        ]
+        done = engine.advance(admit, [])
+        while 1 not in done:
+            done = engine.advance([], [])
+        assert 0 not in done  # the longer window is still decoding
+        steps = engine._inflight._reach[engine._inflight._tickets.index(0)]
+        drain(engine)
+        return steps
+
+    plain, urgent = steps_when_nightfall_returns(False), steps_when_nightfall_returns(True)
+    assert plain == 32
+    assert urgent == 28  # 27 steps, seen at the next look
+
+
 def test_a_cancelled_window_frees_its_slot_at_the_next_step(tiny: TorchModel) -> None:
     engine, tokenizer = tiny
     prompt, params = prompt_of(tokenizer), params_of(tokenizer)
@@ -245,6 +305,7 @@ class RecordingEngine:
         self.info = engine.info
         self.admitted: list[list[int]] = []
         self.calls: list[str] = []
+        self.interrupted: list[bool] = []  # per advance: whether it was told to end early
         self.generate = engine.generate
         self.steppable = engine.steppable
         self.free_slots = engine.free_slots
@@ -258,11 +319,23 @@ class RecordingEngine:
         return self._engine.in_flight
 
     def advance(
-        self, admit: Sequence[WindowRequest], cancel: Sequence[int]
+        self,
+        admit: Sequence[WindowRequest],
+        cancel: Sequence[int],
+        interrupted: Callable[[], bool] = never,
     ) -> dict[int, Generation | LanguageRanking]:
         self.admitted.append([w.ticket for w in admit])
         self.calls.append("advance")
-        return self._engine.advance(admit, cancel)
+        seen: list[bool] = []
+
+        def watched() -> bool:
+            seen.append(interrupted())
+            return seen[-1]
+
+        try:
+            return self._engine.advance(admit, cancel, watched)
+        finally:
+            self.interrupted.append(any(seen))
 
 
 async def test_finals_join_ahead_of_queued_bulk_and_bulk_keeps_its_slots(
@@ -327,6 +400,36 @@ async def test_a_final_finds_a_free_slot_while_partials_and_bulk_fill_the_engine
     assert len(recording.admitted[0]) == 15  # the sixteenth slot stayed free
     final_ticket = 20
     assert final_ticket in recording.admitted[advances_before]  # joined at the next advance
+    assert wer(HESTER.reference, tokenizer.decode(generation.token_ids)) <= 0.1
+
+
+async def test_a_finals_arrival_ends_the_running_advance(
+    long_advances: TorchEngine, tiny: TorchModel
+) -> None:
+    """Two bulk windows decode in an advance of 200 steps (longer than either window); a
+    final submitted meanwhile ends that advance at its next look, and joins the next one."""
+    engine, tokenizer = RecordingEngine(long_advances), tiny[1]
+    long_advances._inflight.steps_per_advance = 200
+    scheduler = BatchScheduler(engine)
+    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
+
+    def submit(clip: object, priority: Priority) -> asyncio.Task[tuple[list[Generation], object]]:
+        return asyncio.create_task(
+            scheduler.generate([mel_of(clip)], [prompt], params, priority=priority)
+        )
+
+    bulk = [submit(JFK, Priority.BULK), submit(NIGHTFALL, Priority.BULK)]
+    await asyncio.sleep(0)
+    scheduler.start()
+    try:
+        assert await until(lambda: scheduler.in_flight == 2, polls=600)
+        final = submit(HESTER, Priority.FINAL)
+        [generation], _ = await asyncio.wait_for(final, 300)
+        await asyncio.wait_for(asyncio.gather(*bulk), 300)
+    finally:
+        await scheduler.stop()
+    assert engine.interrupted[0]  # the advance running when the final arrived ended early
+    assert engine.admitted[1] == [2]  # and the final joined the next one
     assert wer(HESTER.reference, tokenizer.decode(generation.token_ids)) <= 0.1
 
 

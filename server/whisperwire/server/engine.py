@@ -7,7 +7,7 @@ It is called from exactly one thread (the scheduler's worker), so adapters need 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -125,6 +125,13 @@ class WindowRequest:
     features: Features
     prompt: Sequence[int]  # empty for DETECT_LANGUAGE
     params: StepWork
+    # Someone waits on this window right now (a push-to-talk final): return it the moment
+    # it finishes rather than at the end of the advance.
+    urgent: bool = False
+
+
+def never() -> bool:
+    return False
 
 
 @runtime_checkable
@@ -149,14 +156,20 @@ class StepBatcher(Protocol):
         ...
 
     def advance(
-        self, admit: Sequence[WindowRequest], cancel: Sequence[int]
+        self,
+        admit: Sequence[WindowRequest],
+        cancel: Sequence[int],
+        interrupted: Callable[[], bool] = never,
     ) -> Mapping[int, Generation | LanguageRanking | EngineError]:
         """Drop the `cancel` tickets' windows, admit `admit` (at most `free_slots`; their
         encoder runs as one batch), run a few decode steps over every window in flight, and
         return the windows that finished, by ticket: its Generation (a LanguageRanking for
         DETECT_LANGUAGE), or the EngineError its caller gets when the engine failed on that
         window alone. Raising EngineError means the engine failed as a whole: every window
-        in flight is dropped (in_flight is 0)."""
+        in flight is dropped (in_flight is 0).
+
+        The advance may end early, after fewer steps, once an urgent window finished or
+        `interrupted()` (polled from this thread: urgent work waits to be admitted) is true."""
         ...
 
 

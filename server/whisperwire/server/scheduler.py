@@ -14,8 +14,10 @@ admits queued windows into free slots (finals, then partials, then bulk; bulk ho
 `bulk_batch_size` slots, or all but an eighth, so streams always find one, and a sixteenth
 of the slots stays free for finals alone), passes the tickets
 of callers that went away (their slots free at once), and resolves each window the moment the
-engine returns it. Language detection joins the steps too where the engine offers it. Other
-work (alignment, beam search, sampling) runs as whole-batch calls between advances.
+engine returns it. A final's arrival ends the running advance early, and a final's window is
+returned the moment it finishes. Language detection joins the steps too where the engine
+offers it. Other work (alignment, beam search, sampling) runs as whole-batch calls between
+advances.
 
 A watchdog bounds every engine call by `stall_seconds` per item of its batch, plus one more
 `stall_seconds`. A call that overruns it (a hung GPU, a wedged runtime) cannot be cancelled:
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -144,6 +147,9 @@ class BatchScheduler:
         # Free slots only a final may take, so a push-to-talk release never waits for one
         # behind partials and bulk windows that keep the engine full.
         self._final_reserve = self.max_batch_size // 16
+        # Set (from the loop) when a final arrives, read by the engine thread mid-advance: the
+        # advance ends early, so the final joins within a few steps.
+        self._final_waiting = threading.Event()
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -240,6 +246,8 @@ class BatchScheduler:
             for (f, p), text in zip(items, texts or [None] * len(items), strict=True)
         ]
         self._pending.extend(works)
+        if priority is Priority.FINAL and self._stepper is not None:
+            self._final_waiting.set()
         self.metrics.queue_depth.set(len(self._pending))
         self._wakeup.set()
         self._arrived.set()
@@ -414,8 +422,10 @@ class BatchScheduler:
         requests = [_window_request(w) for w in admit]
         self.metrics.queue_depth.set(len(self._pending))
         self._round += 1
+        self._final_waiting.clear()  # finals that can join have; later ones set it again
         finished = await self._engine_round(
-            lambda: stepper.advance(requests, gone), list(self._in_flight.values())
+            lambda: stepper.advance(requests, gone, self._final_waiting.is_set),
+            list(self._in_flight.values()),
         )
         if finished is None:
             return
@@ -565,4 +575,5 @@ def _stalled(windows: int, bound: float) -> EngineLostError:
 
 def _window_request(work: _Work) -> WindowRequest:
     assert isinstance(work.key, GenerationParams | DetectLanguage)
-    return WindowRequest(work.seq, work.features, work.prompt or [], work.key)
+    urgent = work.priority is Priority.FINAL
+    return WindowRequest(work.seq, work.features, work.prompt or [], work.key, urgent)

@@ -6,7 +6,7 @@ downloads it) or a CTranslate2 model directory (the bundled offline models).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -22,6 +22,7 @@ from whisperwire.server.engine import (
     LanguageRanking,
     StepWork,
     WindowRequest,
+    never,
 )
 from whisperwire.server.engines.torch_whisper import alignment
 from whisperwire.server.engines.torch_whisper.checkpoints import (
@@ -128,7 +129,10 @@ class TorchEngine:
         return self._inflight.free_slots(_rule_config(params))
 
     def advance(
-        self, admit: Sequence[WindowRequest], cancel: Sequence[int]
+        self,
+        admit: Sequence[WindowRequest],
+        cancel: Sequence[int],
+        interrupted: Callable[[], bool] = never,
     ) -> dict[int, Generation | LanguageRanking]:
         self._inflight.cancel(cancel)
         configs = {_rule_config(w.params) for w in admit} - {None}
@@ -140,7 +144,7 @@ class TorchEngine:
                     [self._admission(w) for w in admit],
                     configs.pop() if configs else None,
                 )
-            finished = self._inflight.advance()
+            finished = self._inflight.advance(interrupted)
         except BaseException:
             self._inflight.reset()  # the scheduler fails every window in flight
             raise
@@ -152,9 +156,15 @@ class TorchEngine:
     def _admission(self, window: WindowRequest) -> Admission:
         params = window.params
         if not isinstance(params, GenerationParams):  # fed <|startoftranscript|> alone
-            return Admission(window.ticket, [self._special.sot], 1, False, detect_language=True)
+            return Admission(
+                window.ticket, [self._special.sot], 1, False, True, urgent=window.urgent
+            )
         return Admission(
-            window.ticket, window.prompt, params.max_new_tokens, params.return_no_speech_prob
+            window.ticket,
+            window.prompt,
+            params.max_new_tokens,
+            params.return_no_speech_prob,
+            urgent=window.urgent,
         )
 
     def detect_language(self, features: Sequence[Features]) -> list[LanguageRanking]:

@@ -25,6 +25,7 @@ from whisperwire.server.engine import (
     GenerationParams,
     StepWork,
     WindowRequest,
+    never,
 )
 from whisperwire.server.errors import EngineError, EngineLostError, ModelNotFoundError
 from whisperwire.server.tokenizer import WhisperTokenizer
@@ -254,8 +255,12 @@ class TrtLlmEngine:
         return max(0, self.info.max_batch_size - busy) // requests_per_window
 
     def advance(
-        self, admit: Sequence[WindowRequest], cancel: Sequence[int]
+        self,
+        admit: Sequence[WindowRequest],
+        cancel: Sequence[int],
+        interrupted: Callable[[], bool] = never,
     ) -> dict[int, Generation | EngineError]:
+        # `interrupted` goes unpolled: one advance waits at most `_step_wait` for responses.
         finished: dict[int, Generation | EngineError] = {}
         for ticket in cancel:
             self._cancel_window(ticket)

@@ -50,6 +50,7 @@ from whisperwire.server.engines.torch_whisper.model import (
 )
 
 STEPS_PER_ADVANCE = 16  # decode steps between host reads of which rows finished
+CHECK_EVERY = 4  # steps between looks at whether an advance should end early
 RuleConfig = tuple[tuple[int, ...], bool]  # (suppress_tokens, suppress_blank)
 
 
@@ -60,6 +61,7 @@ class Admission:
     max_new_tokens: int
     no_speech: bool  # report P(<|nospeech|>) at the start-of-transcript position
     detect_language: bool = False  # only the language probabilities at that position
+    urgent: bool = False  # an advance ends early once this window finished
 
 
 Finished = Decoded | list[float]  # a window's decode, or a detecting window's probabilities
@@ -129,6 +131,7 @@ class InflightDecoder:
         self._lengths = list(lengths)
         self._tickets: list[int | None] = [None] * rows
         self._detecting: list[bool] = [False] * rows
+        self._urgent: list[bool] = [False] * rows
         self._reach: list[int] = [0] * rows  # upper bound of each row's position
         self._config: RuleConfig | None = None
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
@@ -182,7 +185,7 @@ class InflightDecoder:
             return
         for slot in slots:
             self._tickets[slot] = None
-            self._detecting[slot] = False
+            self._detecting[slot] = self._urgent[slot] = False
         index = self._to_device(torch.tensor(slots))
         self.state.finished[index] = True
         self.state.position[index] = 0
@@ -212,6 +215,7 @@ class InflightDecoder:
         for slot, window, (head, _) in zip(slots, windows, starts, strict=True):
             self._tickets[slot] = window.ticket
             self._detecting[slot] = window.detect_language
+            self._urgent[slot] = window.urgent
             self._reach[slot] = len(head)
 
     def _prefill_previous_text(self, index: Tensor, heads: Sequence[Sequence[int]]) -> None:
@@ -276,18 +280,25 @@ class InflightDecoder:
     # ---- decoding -------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def advance(self) -> dict[int, Finished]:
-        """Run `steps_per_advance` decode steps over the occupied slots; return (and free)
-        the windows that finished, by ticket."""
+    def advance(self, interrupted: Callable[[], bool] = lambda: False) -> dict[int, Finished]:
+        """Run up to `steps_per_advance` decode steps over the occupied slots; return (and
+        free) the windows that finished, by ticket. Every CHECK_EVERY steps the advance may
+        end early: once an urgent window finished, or `interrupted()`."""
         occupied = [slot for slot, ticket in enumerate(self._tickets) if ticket is not None]
         if not occupied:
             return {}
         rows = next(size for size in buckets(self.rows) if size > max(occupied))
         reach = max(self._reach[slot] for slot in occupied)  # every row moves one a step
-        for step in range(self.steps_per_advance):
-            self._step(rows, self._length(reach + step + 1))
+        watch = _EarlyEnd(self, [slot for slot in occupied if self._urgent[slot]], interrupted)
+        steps = 0
+        while steps < self.steps_per_advance:
+            for _ in range(min(CHECK_EVERY, self.steps_per_advance - steps)):
+                steps += 1
+                self._step(rows, self._length(reach + steps))
+            if steps < self.steps_per_advance and watch.ends_after_queued_steps():
+                break
         for slot in occupied:
-            self._reach[slot] = min(self._reach[slot] + self.steps_per_advance, self.text_ctx - 1)
+            self._reach[slot] = min(self._reach[slot] + steps, self.text_ctx - 1)
         return self._collect_finished(occupied)
 
     def _length(self, slots_needed: int) -> int:
@@ -465,6 +476,37 @@ class _CapturedAdmission:
         self.index[:count].copy_(index)
         self.index[count:size].fill_(self.decoder.rows)
         self.graphs[size].replay()
+
+
+class _EarlyEnd:
+    """Whether an advance should stop queueing steps: work waits to be admitted, or an urgent
+    window finished. On CUDA the host stays one chunk of steps ahead of the GPU (an event,
+    and an asynchronous copy of the urgent rows' state, per chunk): it looks as each chunk
+    ends, and the GPU never idles while it looks."""
+
+    def __init__(
+        self, decoder: InflightDecoder, urgent: list[int], interrupted: Callable[[], bool]
+    ) -> None:
+        self.decoder, self.interrupted = decoder, interrupted
+        self.urgent = decoder._to_device(torch.tensor(urgent)) if urgent else None
+        self.behind: tuple[torch.cuda.Event, Tensor | None] | None = None
+
+    def ends_after_queued_steps(self) -> bool:
+        finished = None if self.urgent is None else self.decoder.state.finished[self.urgent].any()
+        if self.decoder.device.type != "cuda":
+            return self.interrupted() or bool(finished)
+        flag = None
+        if finished is not None:
+            flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            flag.copy_(finished, non_blocking=True)
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record()
+        behind, self.behind = self.behind, (event, flag)
+        if behind is not None:
+            behind[0].synchronize()  # the chunk before the one just queued is done
+            if behind[1] is not None and bool(behind[1]):
+                return True
+        return self.interrupted()
 
 
 def _split_prompt(prompt: Sequence[int], sot: int) -> tuple[Sequence[int], Sequence[int]]:
