@@ -13,6 +13,7 @@ from whisperwire.server.audio import decode_audio
 from whisperwire.server.features import (
     N_FRAMES,
     N_SAMPLES,
+    SAMPLE_RATE,
     log_mel_spectrogram,
     mel_filters,
     pad_or_trim,
@@ -121,3 +122,14 @@ def test_silence_is_flat_at_the_floor() -> None:
 def test_only_80_or_128_mels(n_mels: int) -> None:
     with pytest.raises(ValueError, match="80, 128"):
         log_mel_spectrogram(np.zeros(1600, np.float32), n_mels)
+
+
+@pytest.mark.parametrize("seconds", [0.0005, 0.01, 0.3, 1.0, 5.03, 17.0, 29.99, 30.0, 41.0])
+def test_a_short_window_transforms_only_its_audio_and_matches_the_padded_window(
+    jfk: npt.NDArray[np.float32], seconds: float
+) -> None:
+    """The padding's frames are skipped, not approximated: equal to the log-mel of the whole
+    zero-padded 30 s window, whatever the length (JFK repeated, cut to `seconds`)."""
+    audio = np.tile(jfk, 4)[: int(seconds * SAMPLE_RATE)]
+    padded = log_mel_spectrogram(pad_or_trim(audio), 80)
+    np.testing.assert_allclose(window_features(audio, 80), padded, rtol=0, atol=2e-5)

@@ -46,8 +46,22 @@ def log_mel_spectrogram(audio: Audio, n_mels: int) -> Spectrogram:
 
 
 def window_features(audio: Audio, n_mels: int) -> Spectrogram:
-    """Log-mel of one 30 s window, [n_mels, 3000]: audio is zero-padded or trimmed to 30 s."""
-    return log_mel_spectrogram(pad_or_trim(audio), n_mels)
+    """Log-mel of one 30 s window, [n_mels, 3000]: audio is zero-padded or trimmed to 30 s.
+
+    A frame that sees only the padding has an exactly zero spectrum, so only the frames the
+    audio reaches are transformed: a 5 s utterance costs a sixth of a full window (the
+    result is the same as transforming all 30 s)."""
+    audio = audio[:N_SAMPLES]
+    reached = -(-(len(audio) + N_FFT // 2) // HOP_LENGTH)  # frames whose span holds audio
+    if reached >= N_FRAMES:
+        return log_mel_spectrogram(pad_or_trim(audio), n_mels)
+    # One frame more than reached, so every transformed frame sees exactly the samples it
+    # would in the padded window (none reaches this shorter signal's end padding).
+    head = pad_or_trim(audio, reached * HOP_LENGTH + N_FFT // 2)
+    power = _power_spectrogram(head.astype(np.float32, copy=False))
+    mel = np.zeros((n_mels, N_FRAMES), np.float32)
+    mel[:, : power.shape[1]] = mel_filters(n_mels) @ power
+    return _normalise_log(mel)
 
 
 def pad_or_trim(audio: Audio, length: int = N_SAMPLES) -> Audio:
