@@ -59,9 +59,13 @@ def window_features(audio: Audio, n_mels: int) -> Spectrogram:
     # would in the padded window (none reaches this shorter signal's end padding).
     head = pad_or_trim(audio, reached * HOP_LENGTH + N_FFT // 2)
     power = _power_spectrogram(head.astype(np.float32, copy=False))
-    mel = np.zeros((n_mels, N_FRAMES), np.float32)
-    mel[:, : power.shape[1]] = mel_filters(n_mels) @ power
-    return _normalise_log(mel)
+    log_spec = np.log10(np.maximum(mel_filters(n_mels) @ power, _LOG_FLOOR))
+    # The padding's frames sit at the floor, which also takes part in the maximum.
+    floor = np.log10(_LOG_FLOOR)
+    lowest = max(float(log_spec.max()), floor) - _DYNAMIC_RANGE_DECADES
+    window = np.full((n_mels, N_FRAMES), (max(floor, lowest) + 4.0) / 4.0, np.float32)
+    window[:, : log_spec.shape[1]] = (np.maximum(log_spec, lowest) + 4.0) / 4.0
+    return window
 
 
 def pad_or_trim(audio: Audio, length: int = N_SAMPLES) -> Audio:
