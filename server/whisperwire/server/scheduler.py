@@ -14,10 +14,10 @@ admits queued windows into free slots (finals, then partials, then bulk; bulk ho
 `bulk_batch_size` slots, or all but an eighth, so streams always find one, and a sixteenth
 of the slots stays free for finals alone), passes the tickets
 of callers that went away (their slots free at once), and resolves each window the moment the
-engine returns it. A final's arrival ends the running advance early, and a final's window is
-returned the moment it finishes. Language detection joins the steps too where the engine
-offers it. Other work (alignment, beam search, sampling) runs as whole-batch calls between
-advances.
+engine returns it. A final's arrival ends the running advance early, it joins by itself (others
+join at the next advance), and its window is returned the moment it finishes. Language
+detection joins the steps too where the engine offers it. Other work (alignment, beam search,
+sampling) runs as whole-batch calls between advances.
 
 A watchdog bounds every engine call by `stall_seconds` per item of its batch, plus one more
 `stall_seconds`. A call that overruns it (a hung GPU, a wedged runtime) cannot be cancelled:
@@ -150,6 +150,7 @@ class BatchScheduler:
         # Set (from the loop) when a final arrives, read by the engine thread mid-advance: the
         # advance ends early, so the final joins within a few steps.
         self._final_waiting = threading.Event()
+        self._final_round = -2  # the last advance a final joined
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -380,6 +381,8 @@ class BatchScheduler:
             1 for w in self._in_flight.values() if not w.priority.interactive
         )
         others_free = slots_free - self._final_reserve  # slots a non-final may take
+        if self._final_joins_alone(waiting):
+            others_free = 0
         chosen: list[_Work] = []
         for work in waiting:
             if len(chosen) == slots_free:
@@ -395,6 +398,13 @@ class BatchScheduler:
             windows_free -= is_window
             chosen.append(work)
         return chosen
+
+    def _final_joins_alone(self, waiting: list[_Work]) -> bool:
+        """A final's admission (an encoder batch, then its first steps) is not slowed by
+        other windows joining beside it: they join at the next advance, and never wait so
+        for two advances in a row."""
+        final_waits = any(w.priority is Priority.FINAL for w in waiting)
+        return final_waits and self._round - self._final_round > 1
 
     def _time_to_admit(self, waiting: list[_Work]) -> bool:
         """A final joins at the next step; other windows once a group has gathered, after
@@ -412,6 +422,8 @@ class BatchScheduler:
         stepper = self._stepper
         admit = self._admissible()
         self._remove_pending(admit)
+        if any(w.priority is Priority.FINAL for w in admit):
+            self._final_round = self._round
         now = time.perf_counter()
         for work in admit:
             work.admitted = now
