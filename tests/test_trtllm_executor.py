@@ -229,7 +229,8 @@ def test_windows_decode_step_level_as_the_whole_batch_call_does(
         assert isinstance(generation, Generation)
         assert generation.token_ids == whole.token_ids
         assert wer(JFK.reference, tokenizer.decode(generation.token_ids)) <= MAX_WER
-        assert generation.no_speech_prob == pytest.approx(whole.no_speech_prob)
+        # One window alone vs two in a batch: float32 sums in another order.
+        assert generation.no_speech_prob == pytest.approx(whole.no_speech_prob, abs=1e-6)
         assert generation.cum_logprob is not None and generation.cum_logprob < 0
 
 
