@@ -9,15 +9,13 @@ a latency target, new work that would wait past it is refused at once (admit) in
 served late.
 
 On an engine with in-flight batching (a StepBatcher) and `step_batching` on, greedy windows
-do not wait for a whole batch: between two `advance` calls of the engine, the scheduler
-admits queued windows into free slots (finals, then partials, then bulk; bulk holds at most
-`bulk_batch_size` slots, or all but an eighth, so streams always find one, and a sixteenth
-of the slots stays free for finals alone), passes the tickets
-of callers that went away (their slots free at once), and resolves each window the moment the
-engine returns it. A final's arrival ends the running advance early, it joins by itself (others
-join at the next advance), and its window is returned the moment it finishes. Language
-detection joins the steps too where the engine offers it. Other work (alignment, beam search,
-sampling) runs as whole-batch calls between advances.
+do not wait for a whole batch: between two `advance` calls of the engine, the scheduler admits
+queued windows into free slots (step_admission.py decides which: finals first and by
+themselves, then partials, then bulk within its slots), passes the tickets of callers that
+went away (their slots free at once), and resolves each window the moment the engine returns
+it. A final's arrival ends the running advance early, and its window is returned the moment
+it finishes. Language detection joins the steps too where the engine offers it. Other work
+(alignment, beam search, sampling) runs as whole-batch calls between advances.
 
 A watchdog bounds every engine call by `stall_seconds` per item of its batch, plus one more
 `stall_seconds`. A call that overruns it (a hung GPU, a wedged runtime) cannot be cancelled:
@@ -59,12 +57,12 @@ from whisperwire.server.errors import BusyError, EngineError, EngineLostError
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.queue_policy import QueuePolicy
 from whisperwire.server.runner import Priority
+from whisperwire.server.step_admission import StepAdmission
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DETECT = DETECT_LANGUAGE
-HOLD_ROUNDS = 2  # step mode: most advances a non-final window waits for a group to gather
 BULK_CALL_ROUNDS = 4  # step mode: least advances between bulk whole-batch calls, streams busy
 ALIGN = "align-words"
 _KINDS: dict[Hashable, str] = {DETECT: "detect", ALIGN: "align"}  # else "generate"
@@ -137,20 +135,13 @@ class BatchScheduler:
         self.lost: EngineLostError | None = None
         self._stepper: StepBatcher | None = step_batcher(engine) if step_batching else None
         self._in_flight: dict[int, _Work] = {}  # step mode: by ticket (the work's seq)
-        self._bulk_slots = bulk_batch_size or max(1, self.max_batch_size - self.max_batch_size // 8)
+        self._admission = StepAdmission(self.max_batch_size, bulk_batch_size)
         self._unresolved_seconds = 0.0  # step mode: engine time since a window last finished
         self._round = 0  # step mode: advances so far
         self._bulk_call_round = 0  # step mode: the advance of the last bulk whole-batch call
-        # Admitting costs an encoder batch and a prefill, whatever its size: windows no one
-        # waits on word by word join in groups of this many (or after HOLD_ROUNDS advances).
-        self._admit_group = max(1, self.max_batch_size // 8)
-        # Free slots only a final may take, so a push-to-talk release never waits for one
-        # behind partials and bulk windows that keep the engine full.
-        self._final_reserve = self.max_batch_size // 16
         # Set (from the loop) when a final arrives, read by the engine thread mid-advance: the
         # advance ends early, so the final joins within a few steps.
         self._final_waiting = threading.Event()
-        self._final_round = -2  # the last advance a final joined
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -361,60 +352,14 @@ class BatchScheduler:
 
     # ---- step mode ----------------------------------------------------------------------------
     def _admissible(self) -> list[_Work]:
-        """Queued windows that may join the decode now, most urgent first: finals, partials,
-        then bulk within its slots. One call admits windows of one set of parameters, and
-        any language detection (which shares a step with every window)."""
+        """Queued windows that may join the decode now (step_admission.py decides)."""
         if self._stepper is None:
             return []
         waiting = self.policy.ordered(
             [w for w in self._pending if not w.future.done() and self._steps(w)]
         )
-        if not waiting or not self._time_to_admit(waiting):
-            return []
-        params = next((w.key for w in waiting if isinstance(w.key, GenerationParams)), DETECT)
-        assert isinstance(params, GenerationParams | DetectLanguage)
-        windows_free = self._stepper.free_slots(params)  # windows decoded under `params`
-        slots_free = windows_free  # and detection, which shares a step with any window
-        if self._stepper.steppable(DETECT):
-            slots_free = max(windows_free, self._stepper.free_slots(DETECT))
-        bulk_free = self._bulk_slots - sum(
-            1 for w in self._in_flight.values() if not w.priority.interactive
-        )
-        others_free = slots_free - self._final_reserve  # slots a non-final may take
-        if self._final_joins_alone(waiting):
-            others_free = 0
-        chosen: list[_Work] = []
-        for work in waiting:
-            if len(chosen) == slots_free:
-                break
-            is_window = work.key != DETECT
-            if is_window and (work.key != params or windows_free <= 0):
-                continue
-            if work.priority is not Priority.FINAL:
-                if others_free <= 0 or (not work.priority.interactive and bulk_free <= 0):
-                    continue
-                others_free -= 1
-                bulk_free -= not work.priority.interactive
-            windows_free -= is_window
-            chosen.append(work)
-        return chosen
-
-    def _final_joins_alone(self, waiting: list[_Work]) -> bool:
-        """A final's admission (an encoder batch, then its first steps) is not slowed by
-        other windows joining beside it: they join at the next advance, and never wait so
-        for two advances in a row."""
-        final_waits = any(w.priority is Priority.FINAL for w in waiting)
-        return final_waits and self._round - self._final_round > 1
-
-    def _time_to_admit(self, waiting: list[_Work]) -> bool:
-        """A final joins at the next step; other windows once a group has gathered, after
-        HOLD_ROUNDS advances, or at once when the engine is idle."""
-        return (
-            not self._in_flight
-            or any(w.priority is Priority.FINAL for w in waiting)
-            or len(waiting) >= self._admit_group
-            or self._round - min(w.queued_round for w in waiting) >= HOLD_ROUNDS
-        )
+        in_flight = list(self._in_flight.values())
+        return self._admission.choose(self._stepper, waiting, in_flight, self._round)
 
     async def _step(self) -> None:
         """Admit what may join, drop callers that went away, and run one engine advance."""
@@ -422,8 +367,7 @@ class BatchScheduler:
         stepper = self._stepper
         admit = self._admissible()
         self._remove_pending(admit)
-        if any(w.priority is Priority.FINAL for w in admit):
-            self._final_round = self._round
+        self._admission.admitted(admit, self._round)
         now = time.perf_counter()
         for work in admit:
             work.admitted = now
