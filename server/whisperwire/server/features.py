@@ -23,6 +23,7 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in one window
 SUPPORTED_N_MELS = (80, 128)
 
 _LOG_FLOOR = 1e-10
+_LOG10_FLOOR = -10.0  # log10(_LOG_FLOOR)
 _DYNAMIC_RANGE_DECADES = 8.0
 
 # Slaney's mel scale: linear below 1 kHz, logarithmic above.
@@ -59,13 +60,7 @@ def window_features(audio: Audio, n_mels: int) -> Spectrogram:
     # would in the padded window (none reaches this shorter signal's end padding).
     head = pad_or_trim(audio, reached * HOP_LENGTH + N_FFT // 2)
     power = _power_spectrogram(head.astype(np.float32, copy=False))
-    log_spec = np.log10(np.maximum(mel_filters(n_mels) @ power, _LOG_FLOOR))
-    # The padding's frames sit at the floor, which also takes part in the maximum.
-    floor = np.log10(_LOG_FLOOR)
-    lowest = max(float(log_spec.max()), floor) - _DYNAMIC_RANGE_DECADES
-    window = np.full((n_mels, N_FRAMES), (max(floor, lowest) + 4.0) / 4.0, np.float32)
-    window[:, : log_spec.shape[1]] = (np.maximum(log_spec, lowest) + 4.0) / 4.0
-    return window
+    return _normalise_log(mel_filters(n_mels) @ power, frames=N_FRAMES)
 
 
 def pad_or_trim(audio: Audio, length: int = N_SAMPLES) -> Audio:
@@ -85,10 +80,18 @@ def _power_spectrogram(audio: Audio) -> Spectrogram:
     return np.ascontiguousarray(power[:-1].T, dtype=np.float32)
 
 
-def _normalise_log(mel: Spectrogram) -> Spectrogram:
+def _normalise_log(mel: Spectrogram, frames: int | None = None) -> Spectrogram:
+    """Whisper's scaled log10. `frames`: the width to return when it exceeds mel's, the
+    columns past it silence (at the floor, which then takes part in the maximum too)."""
     log_spec = np.log10(np.maximum(mel, _LOG_FLOOR))
-    log_spec = np.maximum(log_spec, float(log_spec.max()) - _DYNAMIC_RANGE_DECADES)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32, copy=False)
+    width = max(frames or 0, mel.shape[1])
+    top = float(log_spec.max())
+    if width > mel.shape[1]:
+        top = max(top, _LOG10_FLOOR)
+    lowest = top - _DYNAMIC_RANGE_DECADES
+    out = np.full((mel.shape[0], width), (max(_LOG10_FLOOR, lowest) + 4.0) / 4.0, np.float32)
+    out[:, : mel.shape[1]] = (np.maximum(log_spec, lowest) + 4.0) / 4.0
+    return out
 
 
 @cache

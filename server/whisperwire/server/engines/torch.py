@@ -65,6 +65,7 @@ class TorchEngine:
         self._alignment_heads = load_alignment_heads(checkpoint, dims, state)
         self._tokenizer = tokenizer
         self._special = special_tokens(tokenizer)
+        self._language_codes = [tokenizer.language_code(t) for t in self._special.language_ids]
         self._on_cuda = device == "cuda"
         self._decoder = WhisperDecoder(
             model,
@@ -172,8 +173,7 @@ class TorchEngine:
         return [self._ranking(row) for row in probs]
 
     def _ranking(self, probs: Sequence[float]) -> LanguageRanking:
-        codes = [self._tokenizer.language_code(t) for t in self._special.language_ids]
-        return sorted(zip(codes, probs, strict=True), key=lambda pair: -pair[1])
+        return sorted(zip(self._language_codes, probs, strict=True), key=lambda pair: -pair[1])
 
     def align(
         self,
