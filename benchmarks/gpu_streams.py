@@ -115,8 +115,12 @@ async def _talk(
                 record["latency"] = time.time() - released
                 record["text"] = event.transcript.text
                 if (timings := event.transcript.timings) is not None:
-                    record["server"] = {"queue": timings.queue, "engine": timings.inference}
-                    record["server"]["total"] = timings.total
+                    record["server"] = {
+                        "features": timings.features,
+                        "queue": timings.queue,
+                        "engine": timings.inference,
+                        "total": timings.total,
+                    }
             except Exception as error:  # a lost final is a result, not a crash
                 record["error"] = f"{type(error).__name__}: {error}"[:300]
                 utterances.append(record)
@@ -201,16 +205,18 @@ def summarise(
 
 
 def _server_split(finals: list[dict[str, Any]]) -> dict[str, Any]:
-    """Where a final's latency went, per the server's own timings (queue: waiting for the
-    engine; engine: in it; total: transcription; outside: the client's latency minus total,
-    i.e. the release reaching the stream's handler, the final reaching the client)."""
+    """Where a final's latency went, per the server's own timings (features: the log-mel;
+    queue: waiting for the engine; engine: in it; total: transcription; rest: total minus
+    the three, i.e. event-loop hops, decoding the text; outside: the client's latency minus
+    total, i.e. the release reaching the stream's handler, the final reaching the client)."""
     timed = [u for u in finals if "server" in u]
     if not timed:
         return {}
     parts = {
         name: np.array([u["server"][name] for u in timed]) * 1000
-        for name in ("queue", "engine", "total")
+        for name in ("features", "queue", "engine", "total")
     }
+    parts["rest"] = parts["total"] - parts["features"] - parts["queue"] - parts["engine"]
     parts["outside"] = np.array([u["latency"] - u["server"]["total"] for u in timed]) * 1000
     return {
         name: {q: round(float(np.percentile(v, p)), 1) for q, p in (("p50", 50), ("p95", 95))}

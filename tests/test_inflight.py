@@ -47,6 +47,7 @@ from whisperwire.server.engine import (
     never,
 )
 from whisperwire.server.engines.torch import TorchEngine, load_torch_engine
+from whisperwire.server.engines.torch_whisper.inflight import LANE_ADVANCES, LANE_WINDOW
 from whisperwire.server.features import window_features
 from whisperwire.server.runner import Priority
 from whisperwire.server.scheduler import BULK_CALL_ROUNDS, BatchScheduler
@@ -219,15 +220,27 @@ def test_an_advance_ends_early_when_told_to(long_advances: TorchEngine, tiny: To
 
 
 def test_an_urgent_window_is_returned_the_moment_it_finishes(
-    long_advances: TorchEngine, tiny: TorchModel
+    long_advances: TorchEngine, tiny: TorchModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """NIGHTFALL (urgent, 27 steps) beside a longer window: the advance in which NIGHTFALL
-    finishes ends at the next four-step boundary instead of running all sixteen steps."""
+    finishes ends at the next four-step boundary instead of running all sixteen steps (and
+    the longer window waits meanwhile)."""
     engine, tokenizer = long_advances, tiny[1]
     prompt, params = prompt_of(tokenizer), params_of(tokenizer)
     longer = window_features(np.concatenate([load_pcm16k(JFK), load_pcm16k(NIGHTFALL)]), 80)
+    steps_run: list[int] = []
+    run_steps = engine._inflight._steps
 
-    def steps_when_nightfall_returns(urgent: bool) -> int:
+    def counted(rows: int, reach: int, count: int) -> None:
+        steps_run.append(count)
+        run_steps(rows, reach, count)
+
+    monkeypatch.setattr(engine._inflight, "_steps", counted)
+
+    def steps_until_nightfall_returns(urgent: bool) -> tuple[int, bool]:
+        """Steps run until NIGHTFALL came back, and whether the longer window is waiting
+        for its turn by then (admitted beside an urgent window: not even encoded yet)."""
+        steps_run.clear()
         admit = [
             WindowRequest(0, longer, prompt, params),
             WindowRequest(1, mel_of(NIGHTFALL), prompt, params, urgent=urgent),
@@ -236,13 +249,57 @@ def test_an_urgent_window_is_returned_the_moment_it_finishes(
         while 1 not in done:
             done = engine.advance([], [])
         assert 0 not in done  # the longer window is still decoding
-        steps = engine._inflight._reach[engine._inflight._tickets.index(0)]
+        waiting = engine._inflight._tickets.index(0) in engine._inflight._waiting
+        steps = sum(steps_run)
         drain(engine)
-        return steps
+        return steps, waiting
 
-    plain, urgent = steps_when_nightfall_returns(False), steps_when_nightfall_returns(True)
-    assert plain == 32
-    assert urgent == 28  # 27 steps, seen at the next look
+    assert steps_until_nightfall_returns(False) == (32, False)
+    assert steps_until_nightfall_returns(True) == (28, True)  # 27 steps, seen at the next look
+
+
+def test_an_urgent_window_decodes_in_its_own_slots_while_the_others_wait(
+    tiny_en_dir: Path,
+) -> None:
+    """Sixteen slots: three bulk windows decode in slots 1-3; a final (urgent) takes slot 0,
+    and advances step slot 0 alone, the bulk rows untouched, at most LANE_ADVANCES of any
+    LANE_WINDOW; a bulk window admitted meanwhile keeps a slot but is encoded only once
+    every row steps again; every window decodes exactly as in a whole batch."""
+    engine, tokenizer = load_torch_engine(
+        str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=16
+    )
+    engine._inflight.steps_per_advance = 1  # HESTER's ~16 steps outlast LANE_ADVANCES
+    decoder = engine._inflight
+    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
+    mels = [mel_of(c) for c in (JFK, NIGHTFALL, JFK, HESTER, NIGHTFALL)]
+    whole = engine.generate(mels, [prompt] * len(mels), params)
+
+    bulk = [WindowRequest(i, mels[i], prompt, params) for i in range(3)]
+    returned = dict(engine.advance(bulk, []))
+    assert decoder._tickets[:4] == [None, 0, 1, 2]  # slot 0 is kept for urgent windows
+    final = WindowRequest(3, mels[3], prompt, params, urgent=True)
+    late = WindowRequest(4, mels[4], prompt, params)
+    bulk_moved: list[bool] = []
+    for admit in ([final], [late]):
+        before = decoder.state.position[1:4].clone()
+        returned.update(engine.advance(admit, []))
+        bulk_moved.append(not torch.equal(before, decoder.state.position[1:4]))
+    late_slot = decoder._tickets.index(4)
+    assert late_slot in decoder._waiting  # admitted, not yet encoded
+    while 3 not in returned:
+        before = decoder.state.position[1:4].clone()
+        returned.update(engine.advance([], []))
+        bulk_moved.append(not torch.equal(before, decoder.state.position[1:4]))
+    assert bulk_moved[: LANE_ADVANCES + 1] == [False] * LANE_ADVANCES + [True]
+    assert len(bulk_moved) > LANE_WINDOW
+    for first in range(len(bulk_moved) - LANE_WINDOW + 1):
+        assert bulk_moved[first : first + LANE_WINDOW].count(False) <= LANE_ADVANCES
+    assert not decoder._waiting  # started at the first advance that stepped every row
+    returned.update(drain(engine))
+    for ticket, expected in enumerate(whole):
+        got = returned[ticket]
+        assert isinstance(got, Generation)
+        assert got.token_ids == expected.token_ids
 
 
 def test_a_cancelled_window_frees_its_slot_at_the_next_step(tiny: TorchModel) -> None:
@@ -285,7 +342,7 @@ def test_a_failing_step_drops_every_window_and_the_engine_keeps_serving(
     def broken(*_: object) -> None:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(engine._inflight, "_step", broken)
+    monkeypatch.setattr(engine._inflight, "_steps", broken)
     with pytest.raises(RuntimeError, match="illegal memory"):
         engine.advance([WindowRequest(1, mel_of(HESTER), prompt, params)], [])
     assert engine.in_flight == 0
@@ -364,7 +421,8 @@ async def test_finals_join_ahead_of_queued_bulk_and_bulk_keeps_its_slots(
     final_ticket, partial_ticket = 7, 6  # arrival numbers
     assert admissions[:2] == [final_ticket, partial_ticket]  # ahead of every bulk window
     assert engine.admitted[0] == [final_ticket]  # the final joins by itself
-    assert engine.admitted[1][:3] == [partial_ticket, 0, 1]  # then the rest; bulk: 2 slots
+    # then the rest, two at a time beside the decoding final; bulk holds its 2 slots
+    assert engine.admitted[1:4] == [[partial_ticket, 0], [1], []]
     texts = {tokenizer.decode(generations[0].token_ids) for generations, _ in results}
     assert len(texts) == 1 and wer(HESTER.reference, texts.pop()) <= 0.1
 
@@ -402,6 +460,43 @@ async def test_a_final_finds_a_free_slot_while_partials_and_bulk_fill_the_engine
     final_ticket = 20
     assert final_ticket in recording.admitted[advances_before]  # joined at the next advance
     assert wer(HESTER.reference, tokenizer.decode(generation.token_ids)) <= 0.1
+
+
+async def test_few_windows_join_a_running_decode_at_once_and_fewer_beside_a_final(
+    tiny_en_dir: Path,
+) -> None:
+    """Every joining window's encoder batch holds up the windows in flight: with two joins
+    per step, six bulk windows queued behind a decoding one join two at a time; three more
+    queued with a final join one at a time while the final decodes (it joins alone)."""
+    engine, tokenizer = load_torch_engine(
+        str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=16
+    )
+    engine._inflight.steps_per_advance = STEPS
+    recording = RecordingEngine(engine)
+    scheduler = BatchScheduler(recording, step_joins=2)
+    prompt, params, mel = prompt_of(tokenizer), params_of(tokenizer), mel_of(HESTER)
+
+    def submit(priority: Priority) -> asyncio.Task[tuple[list[Generation], object]]:
+        return asyncio.create_task(scheduler.generate([mel], [prompt], params, priority=priority))
+
+    works = [submit(Priority.BULK)]
+    scheduler.start()
+    try:
+        assert await until(lambda: scheduler.in_flight == 1, polls=600)
+        works += [submit(Priority.BULK) for _ in range(6)]
+        assert await until(lambda: scheduler.in_flight == 7, polls=600)
+        works += [submit(Priority.FINAL)] + [submit(Priority.BULK) for _ in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(*works), 300)
+    finally:
+        await scheduler.stop()
+    admissions = [call for call in recording.admitted if call]
+    final_ticket = 7
+    assert admissions[0] == [0]
+    assert [len(call) for call in admissions[1:4]] == [2, 2, 2]  # the six bulk windows
+    assert admissions[4] == [final_ticket]  # by itself
+    assert admissions[5:8] == [[8], [9], [10]]  # one at a time while the final decodes
+    for generations, _ in results:
+        assert wer(HESTER.reference, tokenizer.decode(generations[0].token_ids)) <= 0.1
 
 
 async def test_a_finals_arrival_ends_the_running_advance(

@@ -181,6 +181,7 @@ async def start_server(
         max_wait=settings.batching.batch_wait_ms / 1000,
         max_queue=settings.batching.max_queue,
         bulk_batch_size=settings.batching.bulk_batch_size,
+        step_joins=settings.batching.step_joins,
         bulk_share=settings.batching.bulk_share,
         interactive_first=settings.batching.interactive_first,
         latency_target=settings.batching.latency_target_seconds,

@@ -83,6 +83,11 @@ class BatchingSettings(_Group):
     """On engines with in-flight batching (torch greedy decoding, TensorRT-LLM), windows join
     and leave the running decode at every step; off, every engine call is a whole batch. In
     step mode bulk_batch_size caps the slots bulk work holds, keeping the rest for streams."""
+    step_joins: int | None = Field(default=None, ge=1)
+    """Step mode: most windows other than finals that join the running decode at one step
+    (unset: a quarter of max_batch_size, at least 8), a quarter of that while a final
+    decodes. Every window in flight waits for the joining windows' encoder batch, a
+    push-to-talk final's too."""
     bulk_share: float = Field(default=0.2, gt=0, lt=1)
     """Least share of engine time bulk work gets while interactive work waits too, so files
     are never starved by streams."""

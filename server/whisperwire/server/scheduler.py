@@ -99,6 +99,7 @@ class BatchScheduler:
         max_wait: float = 0.0,
         max_queue: int = 512,
         bulk_batch_size: int | None = None,
+        step_joins: int | None = None,
         bulk_share: float = 0.2,
         interactive_first: bool = True,
         latency_target: float | None = None,
@@ -135,7 +136,7 @@ class BatchScheduler:
         self.lost: EngineLostError | None = None
         self._stepper: StepBatcher | None = step_batcher(engine) if step_batching else None
         self._in_flight: dict[int, _Work] = {}  # step mode: by ticket (the work's seq)
-        self._admission = StepAdmission(self.max_batch_size, bulk_batch_size)
+        self._admission = StepAdmission(self.max_batch_size, bulk_batch_size, step_joins)
         self._unresolved_seconds = 0.0  # step mode: engine time since a window last finished
         self._round = 0  # step mode: advances so far
         self._bulk_call_round = 0  # step mode: the advance of the last bulk whole-batch call

@@ -6,8 +6,12 @@ asks this policy which queued windows join. Finals come first and join at once, 
 slots stays free for them alone, so a push-to-talk release never waits for a slot behind
 partials and bulk windows that keep the engine full. Partials and bulk windows join in groups
 (each admission costs an encoder batch) or after HOLD_ROUNDS advances; bulk holds at most its
-slots, all but an eighth unless `bulk_slots` says otherwise. Language detection shares a step
-with any window, so it joins beside windows of any parameters.
+slots, all but an eighth unless `bulk_slots` says otherwise. While windows decode, at most
+`joins_per_step` of them join at one advance, a quarter of that while a final decodes: every
+window in flight, a final's too, waits for the joining windows' encoder batch, and so does a
+final arriving during it (encoder time per window barely falls beyond batches of 8).
+Language detection shares a step with any window, so it joins beside windows of any
+parameters.
 """
 
 from __future__ import annotations
@@ -38,9 +42,13 @@ W = TypeVar("W", bound=StepQueued)
 
 
 class StepAdmission:
-    def __init__(self, max_batch_size: int, bulk_slots: int | None = None) -> None:
+    def __init__(
+        self, max_batch_size: int, bulk_slots: int | None = None, joins_per_step: int | None = None
+    ) -> None:
+        self.slots = max_batch_size
         self.bulk_slots = bulk_slots or max(1, max_batch_size - max_batch_size // 8)
         self.group = max(1, max_batch_size // 8)
+        self.joins_per_step = joins_per_step or max(8, max_batch_size // 4)
         self.final_reserve = max_batch_size // 16  # free slots only a final may take
         self._final_round = -2  # the last advance a final joined
 
@@ -58,7 +66,7 @@ class StepAdmission:
         if stepper.steppable(DETECT_LANGUAGE):
             slots_free = max(windows_free, stepper.free_slots(DETECT_LANGUAGE))
         bulk_free = self.bulk_slots - sum(1 for w in in_flight if not w.priority.interactive)
-        others_free = slots_free - self.final_reserve  # slots a non-final may take
+        others_free = min(slots_free - self.final_reserve, self._joins(in_flight))
         if self._final_joins_alone(waiting, round_):
             others_free = 0
         chosen: list[W] = []
@@ -76,6 +84,14 @@ class StepAdmission:
             windows_free -= is_window
             chosen.append(work)
         return chosen
+
+    def _joins(self, in_flight: Sequence[StepQueued]) -> int:
+        """How many windows other than finals may join at this advance (on an idle engine
+        nobody waits for their encoder batch)."""
+        if not in_flight:
+            return self.slots
+        final_decodes = any(w.priority is Priority.FINAL for w in in_flight)
+        return max(1, self.joins_per_step // 4) if final_decodes else self.joins_per_step
 
     def admitted(self, works: Sequence[StepQueued], round_: int) -> None:
         """Note what joined at advance `round_`."""

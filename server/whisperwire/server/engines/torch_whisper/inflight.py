@@ -20,12 +20,22 @@ Language detection rides the same steps: a detecting window is fed <|startoftran
 alone, the step that feeds it keeps the softmax over the language tokens, and the window
 leaves at the next boundary, so a file's detection never stops the windows in flight.
 
+Urgent windows (push-to-talk finals) decode ahead of the rest: they take the lowest slots,
+the others from `rows // 16` up, and while an urgent window is in flight an advance steps only
+the smallest bucket of slots that holds the urgent ones. The other rows wait, untouched, a
+step costs what a few rows cost rather than what the whole engine costs, and no bulk window's
+step lengthens a final's. Windows other than urgent ones admitted meanwhile keep their slot
+but are encoded at the next advance that steps every row, as one batch, so their encoder
+batch does not lengthen the final's either. At most LANE_ADVANCES of any LANE_WINDOW
+advances step only urgent slots, so urgent work arriving back to back cannot stall the rest.
+
 Memory is fixed at construction (cache and state for `rows` slots): a full engine refuses
 admissions (free_slots is 0), it never allocates more.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +61,7 @@ from whisperwire.server.engines.torch_whisper.model import (
 
 STEPS_PER_ADVANCE = 16  # decode steps between host reads of which rows finished
 CHECK_EVERY = 4  # steps between looks at whether an advance should end early
+LANE_WINDOW, LANE_ADVANCES = 10, 8  # most advances of any 10 that step only urgent slots
 RuleConfig = tuple[tuple[int, ...], bool]  # (suppress_tokens, suppress_blank)
 
 
@@ -133,6 +144,10 @@ class InflightDecoder:
         self._detecting: list[bool] = [False] * rows
         self._urgent: list[bool] = [False] * rows
         self._reach: list[int] = [0] * rows  # upper bound of each row's position
+        self._urgent_slots = max(1, rows // 16)  # the slots other windows take last
+        self._lanes: deque[bool] = deque(maxlen=LANE_WINDOW)  # recent advances: urgent only?
+        # Admitted while urgent windows step alone: slot -> (log-mel, window), encoded later.
+        self._waiting: dict[int, tuple[Tensor, Admission]] = {}
         self._config: RuleConfig | None = None
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._admission: _CapturedAdmission | None = None
@@ -186,6 +201,7 @@ class InflightDecoder:
         for slot in slots:
             self._tickets[slot] = None
             self._detecting[slot] = self._urgent[slot] = False
+            self._waiting.pop(slot, None)
         index = self._to_device(torch.tensor(slots))
         self.state.finished[index] = True
         self.state.position[index] = 0
@@ -202,8 +218,31 @@ class InflightDecoder:
         if config is not None and (not self._decoding() or self._config != config):
             self._config = config
             self.rules.configure(*config)
-        free = [slot for slot, ticket in enumerate(self._tickets) if ticket is None]
-        slots = free[: len(windows)]
+        slots = self._place(windows)
+        for slot, window in zip(slots, windows, strict=True):
+            self._tickets[slot] = window.ticket
+            self._detecting[slot] = window.detect_language
+            self._urgent[slot] = window.urgent
+        now = list(range(len(windows)))
+        if self._lane_open():
+            now = [i for i, window in enumerate(windows) if window.urgent]
+            for i in sorted(set(range(len(windows))) - set(now)):
+                self._waiting[slots[i]] = (mel[i], windows[i])
+        if len(now) == len(windows):
+            self._start(mel, windows, slots)
+        elif now:
+            self._start(mel[now], [windows[i] for i in now], [slots[i] for i in now])
+
+    def _start_waiting(self) -> None:
+        """Encode and start the windows admitted while urgent ones stepped alone."""
+        if not self._waiting:
+            return
+        slots = list(self._waiting)
+        mels, windows = zip(*(self._waiting.pop(slot) for slot in slots), strict=True)
+        self._start(torch.stack(mels), windows, slots)
+
+    def _start(self, mel: Tensor, windows: Sequence[Admission], slots: list[int]) -> None:
+        """Encode `mel` into the slots' cache rows and start the windows there."""
         index = self._to_device(torch.tensor(slots))
         if self._admission is not None:
             self._admission.encode(self._to_device(mel), index)
@@ -212,11 +251,16 @@ class InflightDecoder:
         starts = [_split_prompt(w.prompt, self.special.sot) for w in windows]
         self._prefill_previous_text(index, [head for head, _ in starts])
         self._start_rows(index, windows, starts)
-        for slot, window, (head, _) in zip(slots, windows, starts, strict=True):
-            self._tickets[slot] = window.ticket
-            self._detecting[slot] = window.detect_language
-            self._urgent[slot] = window.urgent
+        for slot, (head, _) in zip(slots, starts, strict=True):
             self._reach[slot] = len(head)
+
+    def _place(self, windows: Sequence[Admission]) -> list[int]:
+        """Free slots for `windows`: urgent ones the lowest, the others the lowest from
+        `_urgent_slots` up (below it only when nothing above is free)."""
+        free = [slot for slot, ticket in enumerate(self._tickets) if ticket is None]
+        low = [slot for slot in free if slot < self._urgent_slots]
+        high = [slot for slot in free if slot >= self._urgent_slots]
+        return [((low or high) if w.urgent else (high or low)).pop(0) for w in windows]
 
     def _prefill_previous_text(self, index: Tensor, heads: Sequence[Sequence[int]]) -> None:
         """Run the prompts' previous text (where there is any) into the rows' first slots."""
@@ -281,35 +325,57 @@ class InflightDecoder:
 
     @torch.inference_mode()
     def advance(self, interrupted: Callable[[], bool] = lambda: False) -> dict[int, Finished]:
-        """Run up to `steps_per_advance` decode steps over the occupied slots; return (and
-        free) the windows that finished, by ticket. Every CHECK_EVERY steps the advance may
+        """Run up to `steps_per_advance` decode steps over the occupied slots (only the
+        urgent windows' bucket while one is in flight); return (and free) the windows that
+        finished, by ticket. Every CHECK_EVERY steps the advance may
         end early: once an urgent window finished, or `interrupted()`."""
-        occupied = [slot for slot, ticket in enumerate(self._tickets) if ticket is not None]
+        lane = self._lane_open()
+        self._lanes.append(lane)
+        if not lane:
+            self._start_waiting()
+        occupied = [
+            slot
+            for slot, ticket in enumerate(self._tickets)
+            if ticket is not None and slot not in self._waiting
+        ]
         if not occupied:
             return {}
-        rows = next(size for size in buckets(self.rows) if size > max(occupied))
+        urgent = [slot for slot in occupied if self._urgent[slot]]
+        top = max(urgent if lane else occupied)
+        rows = next(size for size in buckets(self.rows) if size > top)
+        occupied = [slot for slot in occupied if slot < rows]  # the others wait
         reach = max(self._reach[slot] for slot in occupied)  # every row moves one a step
-        watch = _EarlyEnd(self, [slot for slot in occupied if self._urgent[slot]], interrupted)
+        watch = _EarlyEnd(self, urgent, interrupted)
         steps = 0
         while steps < self.steps_per_advance:
-            for _ in range(min(CHECK_EVERY, self.steps_per_advance - steps)):
-                steps += 1
-                self._step(rows, self._length(reach + steps))
+            chunk = min(CHECK_EVERY, self.steps_per_advance - steps)
+            self._steps(rows, reach + steps, chunk)
+            steps += chunk
             if steps < self.steps_per_advance and watch.ends_after_queued_steps():
                 break
         for slot in occupied:
             self._reach[slot] = min(self._reach[slot] + steps, self.text_ctx - 1)
         return self._collect_finished(occupied)
 
+    def _lane_open(self) -> bool:
+        """Whether the next advance steps only the urgent windows' slots: one is in flight,
+        and fewer than LANE_ADVANCES of the last LANE_WINDOW advances did."""
+        urgent = any(t is not None and u for t, u in zip(self._tickets, self._urgent, strict=True))
+        return urgent and sum(self._lanes) < LANE_ADVANCES
+
     def _length(self, slots_needed: int) -> int:
         return next(n for n in self._lengths if n >= min(slots_needed, self.text_ctx))
 
-    def _step(self, rows: int, length: int) -> None:
-        graph = self._graphs.get((rows, length))
-        if graph is not None:
+    def _steps(self, rows: int, reach: int, count: int) -> None:
+        """`count` decode steps for rows that reach at most position `reach` so far: a
+        whole chunk of CHECK_EVERY steps is one captured graph (one host call, and so one
+        wait for the interpreter lock, where each step would be one)."""
+        graph = self._graphs.get((rows, self._length(reach + count)))
+        if graph is not None and count == CHECK_EVERY:
             graph.replay()
-        else:
-            self._decode_step(rows, length)
+            return
+        for step in range(1, count + 1):
+            self._decode_step(rows, self._length(reach + step))
 
     def _decode_step(self, rows: int, length: int) -> None:
         """Feed each row's token at its own position, then choose its next one."""
@@ -414,8 +480,9 @@ class InflightDecoder:
     # ---- CUDA graphs ----------------------------------------------------------------------
 
     def _capture_graphs(self) -> _Pool:
-        """One graph per (slot bucket, length bucket), on idle rows (all finished): what the
-        graphs keep is the buffers' addresses, not their values. Returns their memory pool."""
+        """One graph of CHECK_EVERY steps per (slot bucket, length bucket), on idle rows (all
+        finished): what the graphs keep is the buffers' addresses, not their values. Returns
+        their memory pool."""
         pool = None
         side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream())
@@ -426,7 +493,8 @@ class InflightDecoder:
                         self._decode_step(rows, length)
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool, stream=side):
-                        self._decode_step(rows, length)
+                        for _ in range(CHECK_EVERY):
+                            self._decode_step(rows, length)
                     pool = graph.pool()
                     self._graphs[rows, length] = graph
         torch.cuda.current_stream().wait_stream(side)
