@@ -421,8 +421,8 @@ async def test_finals_join_ahead_of_queued_bulk_and_bulk_keeps_its_slots(
     final_ticket, partial_ticket = 7, 6  # arrival numbers
     assert admissions[:2] == [final_ticket, partial_ticket]  # ahead of every bulk window
     assert engine.admitted[0] == [final_ticket]  # the final joins by itself
-    # then the rest, two at a time beside the decoding final; bulk holds its 2 slots
-    assert engine.admitted[1:4] == [[partial_ticket, 0], [1], []]
+    # then the rest, one at a time beside the decoding final; bulk holds its 2 slots
+    assert engine.admitted[1:5] == [[partial_ticket], [0], [1], []]
     texts = {tokenizer.decode(generations[0].token_ids) for generations, _ in results}
     assert len(texts) == 1 and wer(HESTER.reference, texts.pop()) <= 0.1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import grpc
 import pytest
@@ -29,6 +30,7 @@ from tests.speech import (
     to_s16le,
     wer,
 )
+from whisperwire.server.app import DECODE_WORKER_NICENESS
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
 from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
@@ -296,11 +298,15 @@ async def test_server_keeps_serving_after_errors(tiny_channel: grpc.aio.Channel)
 async def test_files_decoded_in_worker_processes(
     tiny_engine: tuple[CTranslate2Engine, WhisperTokenizer],
 ) -> None:
-    """--decode-processes: uploads decode in spawned processes; results and decode errors
-    (pickled back across the process boundary) are the same as on threads."""
+    """--decode-processes: uploads decode in spawned processes, at a lower CPU priority than
+    the server's; results and decode errors (pickled back across the process boundary) are
+    the same as on threads."""
     engine, tokenizer = tiny_engine
     async with serving(engine, tokenizer, decode_processes=2) as (running, channel):
-        assert running.pipeline.decode_pool is not None
+        pool = running.pipeline.decode_pool
+        assert pool is not None
+        worker_niceness = await asyncio.wrap_future(pool.submit(os.nice, 0))
+        assert worker_niceness == min(19, os.nice(0) + DECODE_WORKER_NICENESS)
         replies = await asyncio.gather(
             *(
                 stub(channel).Transcribe(pb.TranscribeRequest(audio_content=clip.read()))

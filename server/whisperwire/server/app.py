@@ -300,14 +300,19 @@ def _decode_pool(processes: int) -> ProcessPoolExecutor | None:
     if processes == 0:
         return None
     return ProcessPoolExecutor(
-        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_one_blas_thread
+        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_bulk_worker
     )
 
 
-def _one_blas_thread() -> None:
+DECODE_WORKER_NICENESS = 10
+
+
+def _bulk_worker() -> None:
     """A decode worker's log-mel on one BLAS thread: N workers × a per-core BLAS pool would
-    oversubscribe the cores many times over."""
+    oversubscribe the cores many times over. And uploads are bulk work: on a busy machine the
+    server process (streams' log-mel, the event loop, the engine thread) gets the cores first."""
     threadpool_limits(limits=1, user_api="blas")
+    os.nice(DECODE_WORKER_NICENESS)
 
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:

@@ -85,7 +85,7 @@ class BatchingSettings(_Group):
     step mode bulk_batch_size caps the slots bulk work holds, keeping the rest for streams."""
     step_joins: int | None = Field(default=None, ge=1)
     """Step mode: most windows other than finals that join the running decode at one step
-    (unset: a quarter of max_batch_size, at least 8), a quarter of that while a final
+    (unset: a quarter of max_batch_size, at least 8), an eighth of that while a final
     decodes. Every window in flight waits for the joining windows' encoder batch, a
     push-to-talk final's too."""
     bulk_share: float = Field(default=0.2, gt=0, lt=1)

@@ -7,9 +7,9 @@ slots stays free for them alone, so a push-to-talk release never waits for a slo
 partials and bulk windows that keep the engine full. Partials and bulk windows join in groups
 (each admission costs an encoder batch) or after HOLD_ROUNDS advances; bulk holds at most its
 slots, all but an eighth unless `bulk_slots` says otherwise. While windows decode, at most
-`joins_per_step` of them join at one advance, a quarter of that while a final decodes: every
-window in flight, a final's too, waits for the joining windows' encoder batch, and so does a
-final arriving during it (encoder time per window barely falls beyond batches of 8).
+`joins_per_step` of them join at one advance, an eighth of that while a final decodes:
+every window in flight, a final's too, waits for the joining windows' encoder batch, and so
+does a final arriving during it (encoder time per window barely falls beyond batches of 8).
 Language detection shares a step with any window, so it joins beside windows of any
 parameters.
 """
@@ -91,7 +91,7 @@ class StepAdmission:
         if not in_flight:
             return self.slots
         final_decodes = any(w.priority is Priority.FINAL for w in in_flight)
-        return max(1, self.joins_per_step // 4) if final_decodes else self.joins_per_step
+        return max(1, self.joins_per_step // 8) if final_decodes else self.joins_per_step
 
     def admitted(self, works: Sequence[StepQueued], round_: int) -> None:
         """Note what joined at advance `round_`."""
