@@ -51,9 +51,11 @@ class EngineSettings(_Group):
     threads: int = 0
     """Engine threads (CTranslate2 intra_threads); 0 = one per core."""
     decode_processes: int = Field(default=0, ge=0)
-    """Worker processes that decode uploaded audio files; 0 decodes on threads of the server
-    process. On a GPU server under many uploads, processes keep decoding off the server's
-    interpreter lock, so streams stay responsive (on a CPU engine the cores are its)."""
+    """Worker processes that decode uploaded audio files (at a lower CPU priority); 0 decodes
+    on threads of the server process. On a GPU server under many uploads, processes keep
+    decoding off the server's interpreter lock, so streams stay responsive (on a CPU engine
+    the cores are its). Set, streams' finals also compute their log-mel in two processes of
+    their own."""
     switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
     """Longest a thread of the server holds the interpreter while another waits for it
     (Python's sys.setswitchinterval; its default is 5 ms). The engine thread wants it back
