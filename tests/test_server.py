@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -297,32 +296,17 @@ async def test_server_keeps_serving_after_errors(tiny_channel: grpc.aio.Channel)
 
 
 async def test_files_decoded_in_worker_processes(
-    tiny_engine: tuple[CTranslate2Engine, WhisperTokenizer], monkeypatch: pytest.MonkeyPatch
+    tiny_engine: tuple[CTranslate2Engine, WhisperTokenizer],
 ) -> None:
     """--decode-processes: uploads decode in spawned processes, at a lower CPU priority than
-    the server's, and streams' finals compute their log-mel in processes of their own, at
     the server's; results and decode errors (pickled back across the process boundary) are
     the same as on threads."""
     engine, tokenizer = tiny_engine
     async with serving(engine, tokenizer, decode_processes=2) as (running, channel):
-        pool, final_pool = running.pipeline.decode_pool, running.pipeline.final_pool
-        assert pool is not None and final_pool is not None
+        pool = running.pipeline.decode_pool
+        assert pool is not None
         worker_niceness = await asyncio.wrap_future(pool.submit(os.nice, 0))
         assert worker_niceness == min(19, os.nice(0) + DECODE_WORKER_NICENESS)
-        assert await asyncio.wrap_future(final_pool.submit(os.nice, 0)) == os.nice(0)
-        submitted: list[object] = []
-        submit = final_pool.submit
-
-        def counted(fn: Callable[..., object], /, *args: object) -> object:
-            submitted.append(fn)
-            return submit(fn, *args)
-
-        monkeypatch.setattr(final_pool, "submit", counted)
-        pcm = to_s16le(load_pcm16k(NIGHTFALL))
-        requests = [config_request(language="en"), *audio_requests(pcm, 3200), END]
-        [final] = finals(await collect(stub(channel).StreamAudio(iter(requests))))
-        assert wer(NIGHTFALL.reference, final.final_result.transcript.text) <= 0.1
-        assert len(submitted) == 1  # the final's log-mel, in the final pool
         replies = await asyncio.gather(
             *(
                 stub(channel).Transcribe(pb.TranscribeRequest(audio_content=clip.read()))

@@ -33,7 +33,7 @@ from whisperwire.server.http.app import HttpServer, HttpTls, listen
 from whisperwire.server.http.routes import AudioApi
 from whisperwire.server.metrics import Metrics
 from whisperwire.server.outcomes import OutcomeInterceptor
-from whisperwire.server.pipeline import SpeechPipeline, Windowing, plan_windows
+from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.scheduler import BatchScheduler
 from whisperwire.server.servicer import TranscriptionServicer
 from whisperwire.server.state import ServerState
@@ -151,9 +151,8 @@ class RunningServer:
             stopping.append(self.http.stop(grace))
         await asyncio.gather(*stopping)
         await self.scheduler.stop()
-        for pool in (self.pipeline.decode_pool, self.pipeline.final_pool):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+        if self.pipeline.decode_pool is not None:
+            self.pipeline.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -197,7 +196,6 @@ async def start_server(
         scheduler,
         max_audio_seconds=settings.limits.max_audio_seconds,
         decode_pool=_decode_pool(settings.engine.decode_processes),
-        final_pool=_final_pool(settings.engine.decode_processes),
     )
     state = ServerState(settings)
     # The token check runs first: a refused call never reaches the servicer or its counts.
@@ -306,39 +304,15 @@ def _decode_pool(processes: int) -> ProcessPoolExecutor | None:
     )
 
 
-FINAL_PROCESSES = 2
-
-
-def _final_pool(decode_processes: int) -> ProcessPoolExecutor | None:
-    """Where uploads decode in processes (a busy GPU server), streams' finals compute their
-    log-mel in processes of their own, at the server's priority; started now, not by the
-    first final."""
-    if decode_processes == 0:
-        return None
-    pool = ProcessPoolExecutor(
-        FINAL_PROCESSES,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_one_blas_thread,
-    )
-    for _ in range(FINAL_PROCESSES):
-        pool.submit(plan_windows, np.zeros(0, np.float32), Windowing(80, 2, False), 0.0, [])
-    return pool
-
-
 DECODE_WORKER_NICENESS = 10
 
 
 def _bulk_worker() -> None:
-    """Uploads are bulk work: on a busy machine the server process (streams' log-mel, the
-    event loop, the engine thread) gets the cores first."""
-    _one_blas_thread()
-    os.nice(DECODE_WORKER_NICENESS)
-
-
-def _one_blas_thread() -> None:
-    """A worker's log-mel on one BLAS thread: N workers × a per-core BLAS pool would
-    oversubscribe the cores many times over."""
+    """A decode worker's log-mel on one BLAS thread: N workers × a per-core BLAS pool would
+    oversubscribe the cores many times over. And uploads are bulk work: on a busy machine the
+    server process (streams' log-mel, the event loop, the engine thread) gets the cores first."""
     threadpool_limits(limits=1, user_api="blas")
+    os.nice(DECODE_WORKER_NICENESS)
 
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:

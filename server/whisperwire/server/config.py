@@ -54,8 +54,7 @@ class EngineSettings(_Group):
     """Worker processes that decode uploaded audio files (at a lower CPU priority); 0 decodes
     on threads of the server process. On a GPU server under many uploads, processes keep
     decoding off the server's interpreter lock, so streams stay responsive (on a CPU engine
-    the cores are its). Set, streams' finals also compute their log-mel in two processes of
-    their own."""
+    the cores are its)."""
     switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
     """Longest a thread of the server holds the interpreter while another waits for it
     (Python's sys.setswitchinterval; its default is 5 ms). The engine thread wants it back

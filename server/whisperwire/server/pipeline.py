@@ -73,19 +73,15 @@ class SpeechPipeline:
         max_audio_seconds: float = 3 * 3600,
         vad_aggressiveness: int = 2,
         decode_pool: Executor | None = None,
-        final_pool: Executor | None = None,
     ) -> None:
         """`decode_pool` decodes uploaded files (a process pool: off this interpreter's lock);
-        None decodes them on a thread. `final_pool` computes streams' finals' log-mel (a
-        process pool: a final's log-mel never waits for this interpreter's lock, which a
-        busy server's event loop and engine thread hold most of the time); None, a thread."""
+        None decodes them on a thread."""
         self.tokenizer = tokenizer
         self.engine = engine
         self.runner = runner
         self.max_audio_seconds = max_audio_seconds
         self.vad_aggressiveness = vad_aggressiveness
         self.decode_pool = decode_pool
-        self.final_pool = final_pool
 
     # ---- validation -------------------------------------------------------------------
     def validate(self, options: DecodeOptions) -> DecodeOptions:
@@ -170,13 +166,9 @@ class SpeechPipeline:
         started = time.perf_counter()
         duration = len(samples) / audio_io.SAMPLE_RATE
         _check_duration(duration, self.max_audio_seconds)
-        how = self._windowing(options)
-        if priority is Priority.FINAL and self.final_pool is not None:
-            loop = asyncio.get_running_loop()
-            plan = partial(plan_windows, samples, how, offset, speech)
-            windows = await loop.run_in_executor(self.final_pool, plan)
-        else:
-            windows = await asyncio.to_thread(plan_windows, samples, how, offset, speech)
+        windows = await asyncio.to_thread(
+            plan_windows, samples, self._windowing(options), offset, speech
+        )
         return await self._transcribe_windows(
             Prepared(duration, windows), options, priority, started
         )
