@@ -302,6 +302,24 @@ def test_an_urgent_window_decodes_in_its_own_slots_while_the_others_wait(
         assert got.token_ids == expected.token_ids
 
 
+def test_a_window_waiting_beside_a_final_can_be_cancelled(tiny: TorchModel) -> None:
+    """A bulk window admitted with a final waits for its encoder batch; cancelled meanwhile,
+    its slot is free at once and it is never encoded; the final decodes as usual."""
+    engine, tokenizer = tiny
+    decoder = engine._inflight
+    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
+    free = engine.free_slots(params)
+    final = WindowRequest(0, mel_of(HESTER), prompt, params, urgent=True)
+    done = engine.advance([final, WindowRequest(1, mel_of(JFK), prompt, params)], [])
+    assert decoder._tickets.index(1) in decoder._waiting
+    done.update(engine.advance([], [1]))
+    assert not decoder._waiting and engine.free_slots(params) == free - (0 not in done)
+    done.update(drain(engine))
+    assert set(done) == {0}
+    assert isinstance(done[0], Generation)
+    assert wer(HESTER.reference, tokenizer.decode(done[0].token_ids)) <= 0.1
+
+
 def test_a_cancelled_window_frees_its_slot_at_the_next_step(tiny: TorchModel) -> None:
     engine, tokenizer = tiny
     prompt, params = prompt_of(tokenizer), params_of(tokenizer)

@@ -211,8 +211,9 @@ class InflightDecoder:
     @torch.inference_mode()
     def admit(self, mel: Tensor, windows: Sequence[Admission], config: RuleConfig | None) -> None:
         """Encode the windows' log-mel [B, n_mels, 3000] as one batch and start each in a
-        free slot; its prompt's start-of-transcript sequence is fed by `advance`. `config`:
-        the decoding windows' logit rules (None when every window only detects)."""
+        free slot (beside an urgent window, the others keep their slot and wait: see the
+        module's docstring); its prompt's start-of-transcript sequence is fed by `advance`.
+        `config`: the decoding windows' logit rules (None when every window only detects)."""
         if len(windows) > self.free_slots(config):
             raise RuntimeError(f"{len(windows)} windows admitted, {self.free_slots(config)} free")
         if config is not None and (not self._decoding() or self._config != config):
@@ -223,11 +224,11 @@ class InflightDecoder:
             self._tickets[slot] = window.ticket
             self._detecting[slot] = window.detect_language
             self._urgent[slot] = window.urgent
-        now = list(range(len(windows)))
-        if self._lane_open():
-            now = [i for i, window in enumerate(windows) if window.urgent]
-            for i in sorted(set(range(len(windows))) - set(now)):
-                self._waiting[slots[i]] = (mel[i], windows[i])
+        if self._lane_open():  # the others wait for the next advance that steps every row
+            for i, window in enumerate(windows):
+                if not window.urgent:
+                    self._waiting[slots[i]] = (mel[i], window)
+        now = [i for i, slot in enumerate(slots) if slot not in self._waiting]
         if len(now) == len(windows):
             self._start(mel, windows, slots)
         elif now:
@@ -327,8 +328,8 @@ class InflightDecoder:
     def advance(self, interrupted: Callable[[], bool] = lambda: False) -> dict[int, Finished]:
         """Run up to `steps_per_advance` decode steps over the occupied slots (only the
         urgent windows' bucket while one is in flight); return (and free) the windows that
-        finished, by ticket. Every CHECK_EVERY steps the advance may
-        end early: once an urgent window finished, or `interrupted()`."""
+        finished, by ticket. Every CHECK_EVERY steps the advance may end early: once an
+        urgent window finished, or `interrupted()`."""
         lane = self._lane_open()
         self._lanes.append(lane)
         if not lane:
