@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,16 @@ def base(base_model_dir: Path) -> TorchModel:
     return engine, tokenizer
 
 
+@pytest.fixture
+def sixteen_slots(tiny_en_dir: Path) -> TorchModel:
+    """tiny.en with sixteen slots (one, a sixteenth, kept for finals), four steps per advance."""
+    engine, tokenizer = load_torch_engine(
+        str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=16
+    )
+    engine._inflight.steps_per_advance = STEPS
+    return engine, tokenizer
+
+
 def mel_of(clip: object) -> np.ndarray:
     return window_features(load_pcm16k(clip), 80)  # type: ignore[arg-type]
 
@@ -92,6 +103,23 @@ def prompt_of(tokenizer: WhisperTokenizer, timestamps: bool = False) -> list[int
 
 def params_of(tokenizer: WhisperTokenizer) -> GenerationParams:
     return GenerationParams(max_new_tokens=224, suppress_tokens=tokenizer.non_speech_tokens())
+
+
+Submitted = asyncio.Task[tuple[list[Generation], object]]
+
+
+def submitter(scheduler: BatchScheduler, tokenizer: WhisperTokenizer) -> Callable[..., Submitted]:
+    """submit(priority, clip=HESTER): one window of the clip through the scheduler, a task."""
+    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
+    mel = cache(mel_of)  # each clip's log-mel once
+
+    def submit(priority: Priority, clip: object = HESTER) -> Submitted:
+        window = mel(clip)
+        return asyncio.create_task(
+            scheduler.generate([window], [prompt], params, priority=priority)
+        )
+
+    return submit
 
 
 def drain(engine: TorchEngine, limit: int = 200) -> dict[int, Generation | LanguageRanking]:
@@ -259,15 +287,13 @@ def test_an_urgent_window_is_returned_the_moment_it_finishes(
 
 
 def test_an_urgent_window_decodes_in_its_own_slots_while_the_others_wait(
-    tiny_en_dir: Path,
+    sixteen_slots: TorchModel,
 ) -> None:
     """Sixteen slots: three bulk windows decode in slots 1-3; a final (urgent) takes slot 0,
     and advances step slot 0 alone, the bulk rows untouched, at most LANE_ADVANCES of any
     LANE_WINDOW; a bulk window admitted meanwhile keeps a slot but is encoded only once
     every row steps again; every window decodes exactly as in a whole batch."""
-    engine, tokenizer = load_torch_engine(
-        str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=16
-    )
+    engine, tokenizer = sixteen_slots
     engine._inflight.steps_per_advance = 1  # HESTER's ~16 steps outlast LANE_ADVANCES
     decoder = engine._inflight
     prompt, params = prompt_of(tokenizer), params_of(tokenizer)
@@ -420,12 +446,7 @@ async def test_finals_join_ahead_of_queued_bulk_and_bulk_keeps_its_slots(
     arriving later join before the bulk windows still queued, the final first."""
     engine, tokenizer = RecordingEngine(tiny[0]), tiny[1]
     scheduler = BatchScheduler(engine, bulk_batch_size=2)
-    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
-    mel = mel_of(HESTER)
-
-    def submit(priority: Priority) -> asyncio.Task[tuple[list[Generation], object]]:
-        return asyncio.create_task(scheduler.generate([mel], [prompt], params, priority=priority))
-
+    submit = submitter(scheduler, tokenizer)
     bulk = [submit(Priority.BULK) for _ in range(6)]
     await asyncio.sleep(0)  # queued before the loop starts
     partial, final = submit(Priority.PARTIAL), submit(Priority.FINAL)
@@ -446,21 +467,14 @@ async def test_finals_join_ahead_of_queued_bulk_and_bulk_keeps_its_slots(
 
 
 async def test_a_final_finds_a_free_slot_while_partials_and_bulk_fill_the_engine(
-    tiny_en_dir: Path,
+    sixteen_slots: TorchModel,
 ) -> None:
     """Sixteen slots, one kept for finals: bulk and partial windows queued first fill the
     other fifteen and more wait; a final arriving then joins at the very next advance."""
-    engine, tokenizer = load_torch_engine(
-        str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=16
-    )
-    engine._inflight.steps_per_advance = STEPS
+    engine, tokenizer = sixteen_slots
     recording = RecordingEngine(engine)
     scheduler = BatchScheduler(recording, bulk_batch_size=16)
-    prompt, params, mel = prompt_of(tokenizer), params_of(tokenizer), mel_of(HESTER)
-
-    def submit(priority: Priority) -> asyncio.Task[tuple[list[Generation], object]]:
-        return asyncio.create_task(scheduler.generate([mel], [prompt], params, priority=priority))
-
+    submit = submitter(scheduler, tokenizer)
     others = [submit(Priority.BULK) for _ in range(12)] + [
         submit(Priority.PARTIAL) for _ in range(8)
     ]
@@ -481,22 +495,15 @@ async def test_a_final_finds_a_free_slot_while_partials_and_bulk_fill_the_engine
 
 
 async def test_few_windows_join_a_running_decode_at_once_and_fewer_beside_a_final(
-    tiny_en_dir: Path,
+    sixteen_slots: TorchModel,
 ) -> None:
     """Every joining window's encoder batch holds up the windows in flight: with two joins
     per step, six bulk windows queued behind a decoding one join two at a time; three more
     queued with a final join one at a time while the final decodes (it joins alone)."""
-    engine, tokenizer = load_torch_engine(
-        str(tiny_en_dir), device="cpu", dtype=None, max_batch_size=16
-    )
-    engine._inflight.steps_per_advance = STEPS
+    engine, tokenizer = sixteen_slots
     recording = RecordingEngine(engine)
     scheduler = BatchScheduler(recording, step_joins=2)
-    prompt, params, mel = prompt_of(tokenizer), params_of(tokenizer), mel_of(HESTER)
-
-    def submit(priority: Priority) -> asyncio.Task[tuple[list[Generation], object]]:
-        return asyncio.create_task(scheduler.generate([mel], [prompt], params, priority=priority))
-
+    submit = submitter(scheduler, tokenizer)
     works = [submit(Priority.BULK)]
     scheduler.start()
     try:
@@ -525,19 +532,13 @@ async def test_a_finals_arrival_ends_the_running_advance(
     engine, tokenizer = RecordingEngine(long_advances), tiny[1]
     long_advances._inflight.steps_per_advance = 200
     scheduler = BatchScheduler(engine)
-    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
-
-    def submit(clip: object, priority: Priority) -> asyncio.Task[tuple[list[Generation], object]]:
-        return asyncio.create_task(
-            scheduler.generate([mel_of(clip)], [prompt], params, priority=priority)
-        )
-
-    bulk = [submit(JFK, Priority.BULK), submit(NIGHTFALL, Priority.BULK)]
+    submit = submitter(scheduler, tokenizer)
+    bulk = [submit(Priority.BULK, JFK), submit(Priority.BULK, NIGHTFALL)]
     await asyncio.sleep(0)
     scheduler.start()
     try:
         assert await until(lambda: scheduler.in_flight == 2, polls=600)
-        final = submit(HESTER, Priority.FINAL)
+        final = submit(Priority.FINAL)
         [generation], _ = await asyncio.wait_for(final, 300)
         await asyncio.wait_for(asyncio.gather(*bulk), 300)
     finally:
