@@ -14,7 +14,6 @@ from whisperwire.server.features import (
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
-    StreamingLogMel,
     log_mel_spectrogram,
     mel_filters,
     pad_or_trim,
@@ -134,39 +133,3 @@ def test_a_short_window_transforms_only_its_audio_and_matches_the_padded_window(
     audio = np.tile(jfk, 4)[: int(seconds * SAMPLE_RATE)]
     padded = log_mel_spectrogram(pad_or_trim(audio), 80)
     np.testing.assert_allclose(window_features(audio, 80), padded, rtol=0, atol=2e-5)
-
-
-@pytest.mark.parametrize("n_mels", N_MELS)
-def test_a_streamed_log_mel_is_the_window_of_all_audio_received(
-    n_mels: int, jfk: npt.NDArray[np.float32]
-) -> None:
-    """Pushed in 20 ms chunks and in odd sizes, asked for at any length: the window of
-    everything pushed, the first frames (read reflected) and the last (read zeros past the
-    end) included, up to the longest clip it tracks; past that it gives way (None)."""
-    long_audio = np.tile(jfk, 3)  # 33 s
-    longest = (N_FRAMES - 1) * 160 - 200  # the last length whose window spares a column
-    for length in (2, 199, 200, 201, 401, 5_120, 5_281, 88_000, longest):
-        for size in (320, 777):
-            streamed = StreamingLogMel(n_mels)
-            for start in range(0, length, size):
-                streamed.push(long_audio[start : min(start + size, length)])
-            window = streamed.window()
-            assert window is not None and window.shape == (n_mels, N_FRAMES)
-            expected = window_features(long_audio[:length], n_mels)
-            np.testing.assert_allclose(window, expected, rtol=0, atol=FLOAT32_SLACK)
-    streamed.push(long_audio[longest : longest + 1])
-    assert streamed.window() is None
-    assert streamed.samples == longest + 1
-
-
-def test_a_streamed_log_mel_can_be_read_while_it_grows(jfk: npt.NDArray[np.float32]) -> None:
-    """Read between pushes (a partial's), the window is that of the audio so far, and
-    reading does not change what later pushes give."""
-    streamed = StreamingLogMel(80, batch_frames=8)
-    for end in range(3_200, len(jfk), 3_200):
-        streamed.push(jfk[end - 3_200 : end])
-        window = streamed.window()
-        assert window is not None
-        np.testing.assert_allclose(
-            window, window_features(jfk[:end], 80), rtol=0, atol=FLOAT32_SLACK
-        )

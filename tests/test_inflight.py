@@ -286,30 +286,6 @@ def test_an_urgent_window_is_returned_the_moment_it_finishes(
     assert steps_until_nightfall_returns(True) == (28, True)  # 27 steps, seen at the next look
 
 
-def test_a_final_is_back_from_the_advance_it_joined(tiny: TorchModel) -> None:
-    """A lane runs until its urgent window finishes, not for `steps_per_advance` steps
-    (four here): NIGHTFALL's final takes one trip to the engine thread instead of seven,
-    the bulk window beside it does not move meanwhile, and both decode as in a whole batch."""
-    engine, tokenizer = tiny
-    decoder = engine._inflight
-    prompt, params = prompt_of(tokenizer), params_of(tokenizer)
-    mels = [mel_of(JFK), mel_of(NIGHTFALL)]
-    whole = engine.generate(mels, [prompt] * 2, params)
-
-    returned = dict(engine.advance([WindowRequest(0, mels[0], prompt, params)], []))
-    bulk = decoder._tickets.index(0)
-    before = int(decoder.state.position[bulk])
-    final = WindowRequest(1, mels[1], prompt, params, urgent=True)
-    returned.update(engine.advance([final], []))
-    assert set(returned) == {1}
-    assert int(decoder.state.position[bulk]) == before
-    returned.update(drain(engine))
-    for ticket, expected in enumerate(whole):
-        got = returned[ticket]
-        assert isinstance(got, Generation)
-        assert got.token_ids == expected.token_ids
-
-
 def test_an_urgent_window_decodes_in_its_own_slots_while_the_others_wait(
     sixteen_slots: TorchModel,
 ) -> None:
@@ -318,8 +294,7 @@ def test_an_urgent_window_decodes_in_its_own_slots_while_the_others_wait(
     LANE_WINDOW; a bulk window admitted meanwhile keeps a slot but is encoded only once
     every row steps again; every window decodes exactly as in a whole batch."""
     engine, tokenizer = sixteen_slots
-    # HESTER's ~16 steps outlast LANE_ADVANCES one-step advances
-    engine._inflight.steps_per_advance = engine._inflight.steps_per_lane = 1
+    engine._inflight.steps_per_advance = 1  # HESTER's ~16 steps outlast LANE_ADVANCES
     decoder = engine._inflight
     prompt, params = prompt_of(tokenizer), params_of(tokenizer)
     mels = [mel_of(c) for c in (JFK, NIGHTFALL, JFK, HESTER, NIGHTFALL)]
@@ -485,9 +460,8 @@ async def test_finals_join_ahead_of_queued_bulk_and_bulk_keeps_its_slots(
     final_ticket, partial_ticket = 7, 6  # arrival numbers
     assert admissions[:2] == [final_ticket, partial_ticket]  # ahead of every bulk window
     assert engine.admitted[0] == [final_ticket]  # the final joins by itself
-    # and is back from that one advance (its lane runs until it finishes); then the rest
-    # join together, bulk holding its 2 slots
-    assert engine.admitted[1:3] == [[partial_ticket, 0, 1], []]
+    # then the rest, one at a time beside the decoding final; bulk holds its 2 slots
+    assert engine.admitted[1:5] == [[partial_ticket], [0], [1], []]
     texts = {tokenizer.decode(generations[0].token_ids) for generations, _ in results}
     assert len(texts) == 1 and wer(HESTER.reference, texts.pop()) <= 0.1
 
@@ -527,7 +501,6 @@ async def test_few_windows_join_a_running_decode_at_once_and_fewer_beside_a_fina
     per step, six bulk windows queued behind a decoding one join two at a time; three more
     queued with a final join one at a time while the final decodes (it joins alone)."""
     engine, tokenizer = sixteen_slots
-    engine._inflight.steps_per_lane = STEPS  # the final decodes over several advances
     recording = RecordingEngine(engine)
     scheduler = BatchScheduler(recording, step_joins=2)
     submit = submitter(scheduler, tokenizer)

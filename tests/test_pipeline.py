@@ -10,7 +10,6 @@ import pytest
 from tests.speech import (
     CHINESE,
     ENGLISH_CLIPS,
-    HESTER,
     JFK,
     SAMPLE_RATE,
     corpus_wer,
@@ -28,7 +27,6 @@ from whisperwire.server.errors import (
     InvalidOptionError,
     UnsupportedLanguageError,
 )
-from whisperwire.server.features import window_features
 from whisperwire.server.pipeline import SpeechPipeline
 
 
@@ -173,25 +171,6 @@ async def test_speech_spans_found_upstream_replace_the_detector(
     found = await tiny_pipeline.transcribe(samples, options)
     assert told.text == found.text
     assert wer(JFK.reference, told.text) <= 0.1
-
-
-async def test_a_log_mel_computed_upstream_is_decoded_as_given(
-    tiny_pipeline: SpeechPipeline,
-) -> None:
-    """A stream hands over its clip's log-mel, computed as the audio arrived: a clip
-    decoded whole is decoded from it (here another clip's, to show it is what the engine
-    sees); a clip cut at pauses computes its own; a log-mel of the wrong size is a bug."""
-    samples, options = load_pcm16k(JFK), DecodeOptions(language="en")
-    spans = vad.speech_spans(samples)
-    hester = window_features(load_pcm16k(HESTER), 80)
-    told = await tiny_pipeline.transcribe(samples, options, speech=spans, log_mel=hester)
-    assert wer(HESTER.reference, told.text) <= 0.1
-    long_clip = np.concatenate([samples] * 3)  # 33 s: cut into windows at pauses
-    long_spans = vad.speech_spans(long_clip)
-    cut = await tiny_pipeline.transcribe(long_clip, options, speech=long_spans, log_mel=hester)
-    assert wer(" ".join([JFK.reference] * 3), cut.text) <= 0.1
-    with pytest.raises(ValueError, match="log-mel of shape"):
-        await tiny_pipeline.transcribe(samples, options, speech=spans, log_mel=hester[:, :100])
 
 
 def test_options_are_normalised_once_by_validate(tiny_pipeline: SpeechPipeline) -> None:

@@ -30,10 +30,8 @@ from tests.speech import (
     to_s16le,
     wer,
 )
-from whisperwire.server import pipeline as pipeline_module
 from whisperwire.server.app import DECODE_WORKER_NICENESS
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
-from whisperwire.server.pipeline import plan_windows
 from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
 from whisperwire.v1 import transcription_service_pb2_grpc as pb_grpc  # noqa: F401
@@ -128,28 +126,6 @@ async def test_sixteen_concurrent_streams_each_get_their_own_final(
     texts = await asyncio.gather(*(one(c) for c in clips))
     for clip, text in zip(clips, texts, strict=True):
         assert wer(clip.reference, text) <= 0.1, (clip.name, text)
-
-
-async def test_a_release_finds_its_log_mel_computed(
-    tiny_channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A stream computes its log-mel as the audio arrives: at push-to-talk release nothing
-    is left for a worker thread to plan or transform, and the finals are right."""
-    planned: list[int] = []
-
-    def recorded(samples: object, *args: object) -> object:
-        planned.append(len(samples))  # type: ignore[arg-type]
-        return plan_windows(samples, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pipeline_module, "plan_windows", recorded)
-    requests = [config_request(language="en")]
-    for clip in (JFK, HESTER):
-        requests += [*audio_requests(to_s16le(load_pcm16k(clip))), END]
-    responses = await collect(stub(tiny_channel).StreamAudio(paced(requests)))
-
-    texts = [f.final_result.transcript.text for f in finals(responses)]
-    assert all(wer(c.reference, t) <= 0.1 for c, t in zip((JFK, HESTER), texts, strict=True))
-    assert len(texts) == 2 and planned == []
 
 
 async def test_half_close_flushes_the_open_utterance(tiny_channel: grpc.aio.Channel) -> None:

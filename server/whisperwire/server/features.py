@@ -25,9 +25,6 @@ SUPPORTED_N_MELS = (80, 128)
 _LOG_FLOOR = 1e-10
 _LOG10_FLOOR = -10.0  # log10(_LOG_FLOOR)
 _DYNAMIC_RANGE_DECADES = 8.0
-# The longest clip whose window has a column to spare past its audio: a tracked clip's
-# frames never read the reflected end a full 30 s window would.
-_LONGEST_TRACKED = (N_FRAMES - 1) * HOP_LENGTH - N_FFT // 2
 
 # Slaney's mel scale: linear below 1 kHz, logarithmic above.
 _MEL_LINEAR_HZ_PER_MEL = 200.0 / 3
@@ -66,84 +63,6 @@ def window_features(audio: Audio, n_mels: int) -> Spectrogram:
     return _normalise_log(mel_filters(n_mels) @ power, frames=N_FRAMES)
 
 
-class StreamingLogMel:
-    """A growing clip's window features, computed as its audio arrives: `window()` equals
-    `window_features` of everything pushed, but only the last few frames and the scaling
-    are left to do when it is asked for (a push-to-talk release needs its final's log-mel
-    at once, not after a trip through a worker thread).
-
-    A frame whose 25 ms span lies within the audio received is final: later audio does not
-    change it. Those are transformed in batches of `batch_frames` as they complete; the
-    frames that reach past the end see zeros there, exactly as in a zero-padded window, and
-    are transformed when a window is asked for. Clips longer than one window are not
-    tracked (`window()` is None): they are cut into windows at pauses instead."""
-
-    def __init__(self, n_mels: int, batch_frames: int = 32) -> None:
-        self.filters = mel_filters(n_mels)
-        self.batch_frames = batch_frames
-        self.samples = 0
-        self._done = 0  # frames transformed, in order from the first
-        self._log: list[Spectrogram] = []  # their log10 mel, in column blocks
-        self._top = -np.inf  # the largest value in _log
-        self._unread = np.zeros(0, np.float32)  # the audio from frame _done's span onwards
-
-    def push(self, audio: Audio) -> None:
-        if self.samples + len(audio) > _LONGEST_TRACKED:
-            self.samples += len(audio)
-            self._log, self._unread = [], np.zeros(0, np.float32)  # no longer one window
-            return
-        self.samples += len(audio)
-        self._unread = np.concatenate([self._unread, audio.astype(np.float32, copy=False)])
-        if _complete_frames(self.samples) - self._done >= self.batch_frames:
-            self._transform(_complete_frames(self.samples), self._unread)
-
-    def window(self) -> Spectrogram | None:
-        """window_features of the audio pushed so far, or None past one window's length."""
-        if self.samples > _LONGEST_TRACKED or self.samples < 2:
-            return None
-        reached = _reached_frames(self.samples)
-        tail = self._framed(pad_or_trim(self._unread, self._unread_length(reached + 1)))
-        log_spec = np.concatenate([*self._log, _log10(self.filters @ tail)], axis=1)
-        return _scaled(log_spec, N_FRAMES, top=max(self._top, float(log_spec.max())))
-
-    def _transform(self, until: int, audio: Audio) -> None:
-        """Transform frames [_done, until) and drop the audio no later frame reads."""
-        log_spec = _log10(self.filters @ self._framed(audio[: self._unread_length(until)]))
-        self._log.append(log_spec)
-        self._top = max(self._top, float(log_spec.max()))
-        consumed = until * HOP_LENGTH - N_FFT // 2 - self._unread_start()
-        self._done = until
-        self._unread = self._unread[max(0, consumed) :]
-
-    def _framed(self, audio: Audio) -> Spectrogram:
-        """|STFT|² of frames _done onwards, from the audio their spans read (the first
-        frames' spans reach before the clip: reflected, as centred framing does)."""
-        if self._done == 0:
-            audio = np.pad(audio, (N_FFT // 2, 0), mode="reflect")
-        frames = sliding_window_view(audio, N_FFT)[::HOP_LENGTH]
-        spectrum = np.fft.rfft(frames * _hann_window(), axis=-1)
-        power = np.square(spectrum.real) + np.square(spectrum.imag)
-        return np.ascontiguousarray(power.T, dtype=np.float32)
-
-    def _unread_start(self) -> int:
-        """The clip sample _unread begins at (frame _done's span start, or 0)."""
-        return max(0, self._done * HOP_LENGTH - N_FFT // 2)
-
-    def _unread_length(self, until: int) -> int:
-        """Samples of _unread that frames [_done, until) read."""
-        return (until - 1) * HOP_LENGTH + N_FFT // 2 - self._unread_start()
-
-
-def _complete_frames(samples: int) -> int:
-    """Frames whose whole span lies within `samples` of audio (centred: ±200 samples)."""
-    return max(0, (samples - N_FFT // 2) // HOP_LENGTH + 1)
-
-
-def _reached_frames(samples: int) -> int:
-    """Frames whose span holds any of `samples` of audio."""
-    return -(-(samples + N_FFT // 2) // HOP_LENGTH)
-
-
 def pad_or_trim(audio: Audio, length: int = N_SAMPLES) -> Audio:
     if len(audio) >= length:
         return audio[:length]
@@ -163,25 +82,15 @@ def _power_spectrogram(audio: Audio) -> Spectrogram:
 
 def _normalise_log(mel: Spectrogram, frames: int | None = None) -> Spectrogram:
     """Whisper's scaled log10. `frames`: the width to return when it exceeds mel's, the
-    columns past it silence."""
-    log_spec = _log10(mel)
-    return _scaled(log_spec, frames or 0, top=float(log_spec.max()))
-
-
-def _log10(mel: Spectrogram) -> Spectrogram:
-    return np.log10(np.maximum(mel, _LOG_FLOOR))
-
-
-def _scaled(log_spec: Spectrogram, frames: int, *, top: float) -> Spectrogram:
-    """Clamped to 8 decades below `top` (log_spec's maximum) and scaled, `frames` wide
-    where that exceeds log_spec's width: the columns past it silence, at the floor, which
-    then takes part in the maximum too."""
-    width = max(frames, log_spec.shape[1])
-    if width > log_spec.shape[1]:
+    columns past it silence (at the floor, which then takes part in the maximum too)."""
+    log_spec = np.log10(np.maximum(mel, _LOG_FLOOR))
+    width = max(frames or 0, mel.shape[1])
+    top = float(log_spec.max())
+    if width > mel.shape[1]:
         top = max(top, _LOG10_FLOOR)
     lowest = top - _DYNAMIC_RANGE_DECADES
-    out = np.full((log_spec.shape[0], width), (max(_LOG10_FLOOR, lowest) + 4.0) / 4.0, np.float32)
-    out[:, : log_spec.shape[1]] = (np.maximum(log_spec, lowest) + 4.0) / 4.0
+    out = np.full((mel.shape[0], width), (max(_LOG10_FLOOR, lowest) + 4.0) / 4.0, np.float32)
+    out[:, : mel.shape[1]] = (np.maximum(log_spec, lowest) + 4.0) / 4.0
     return out
 
 

@@ -31,7 +31,7 @@ from whisperwire.server.domain import (
 )
 from whisperwire.server.engine import EngineInfo, Features, Generation, GenerationParams
 from whisperwire.server.errors import AudioTooLongError, InvalidOptionError
-from whisperwire.server.features import HOP_LENGTH, N_FRAMES, StreamingLogMel, window_features
+from whisperwire.server.features import HOP_LENGTH, N_FRAMES, window_features
 from whisperwire.server.runner import Priority, Runner
 from whisperwire.server.tokenizer import WhisperTokenizer
 
@@ -120,10 +120,6 @@ class SpeechPipeline:
         its latency target; fronts call it before accepting a request or a stream."""
         self.runner.admit(priority)
 
-    def stream_log_mel(self) -> StreamingLogMel:
-        """A growing clip's log-mel at this engine's mel count (see `transcribe`)."""
-        return StreamingLogMel(self.engine.n_mels)
-
     # ---- entry points: validated options ----------------------------------------------
     async def transcribe_bytes(
         self, data: bytes, options: DecodeOptions, *, priority: Priority = Priority.BULK
@@ -161,23 +157,18 @@ class SpeechPipeline:
         priority: Priority = Priority.FINAL,
         offset: float = 0.0,
         speech: list[vad.Span] | None = None,
-        log_mel: Features | None = None,
     ) -> Transcript:
         """Transcribe 16 kHz mono audio; segment times are offset by `offset` seconds.
 
         `speech` holds the speech spans of `samples` when a voice-activity detector already
-        ran over them (a stream's); None runs the detector here. `log_mel`: all of
-        `samples` as one window's features (a stream computes them as its audio arrives),
-        used where the clip is decoded whole; then nothing is left to compute before the
-        engine, and no worker thread is waited for.
+        ran over them (a stream's); None runs the detector here.
         """
         started = time.perf_counter()
         duration = len(samples) / audio_io.SAMPLE_RATE
         _check_duration(duration, self.max_audio_seconds)
-        how = self._windowing(options)
-        windows = computed_plan(samples, how, offset, speech, log_mel)
-        if windows is None:
-            windows = await asyncio.to_thread(plan_windows, samples, how, offset, speech)
+        windows = await asyncio.to_thread(
+            plan_windows, samples, self._windowing(options), offset, speech
+        )
         return await self._transcribe_windows(
             Prepared(duration, windows), options, priority, started
         )
@@ -478,7 +469,8 @@ def plan_windows(
     if how.per_span:
         # Each stretch of speech alone, so a language switch at a pause starts a window.
         planned = [w for span in spans for w in vad.plan_windows(samples, [span])]
-    elif _decoded_whole(samples, spans):
+    elif len(samples) <= vad.WINDOW_SECONDS * vad.SAMPLE_RATE and spans:
+        # A short clip with any speech is decoded whole: trimming buys nothing.
         planned = [vad.Span(0, len(samples))]
     else:
         planned = vad.plan_windows(samples, spans)
@@ -491,28 +483,6 @@ def plan_windows(
         for span in planned
         if span.end > span.start
     ]
-
-
-def computed_plan(
-    samples: Audio,
-    how: Windowing,
-    offset: float,
-    speech: list[vad.Span] | None,
-    log_mel: Features | None,
-) -> list[Window] | None:
-    """plan_windows's result where nothing is left to compute (the clip's speech spans and
-    its log-mel as one window are known, and it is decoded whole), else None."""
-    if speech is None or log_mel is None or how.per_span or not _decoded_whole(samples, speech):
-        return None
-    if log_mel.shape != (how.n_mels, N_FRAMES):
-        raise ValueError(f"log-mel of shape {log_mel.shape}, expected {(how.n_mels, N_FRAMES)}")
-    end = offset + len(samples) / vad.SAMPLE_RATE
-    return [Window(start=offset, end=end, features=log_mel)]
-
-
-def _decoded_whole(samples: Audio, spans: list[vad.Span]) -> bool:
-    """A short clip with any speech is decoded whole: trimming buys nothing."""
-    return len(samples) <= vad.WINDOW_SECONDS * vad.SAMPLE_RATE and bool(spans)
 
 
 def prepare_upload(

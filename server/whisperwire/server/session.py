@@ -22,7 +22,6 @@ import numpy.typing as npt
 from whisperwire.server.audio import SAMPLE_RATE, PcmDecoder, PcmEncoding
 from whisperwire.server.domain import DecodeOptions, Segment, Transcript
 from whisperwire.server.errors import AudioTooLongError
-from whisperwire.server.features import StreamingLogMel
 from whisperwire.server.pipeline import SpeechPipeline
 from whisperwire.server.runner import Priority
 from whisperwire.server.vad import FRAME_MS, FRAME_SAMPLES, Span, StreamingVad, spans_of_speech
@@ -93,7 +92,6 @@ class _Utterance:
     id: int
     origin: int  # stream samples received before this utterance began
     vad: StreamingVad
-    log_mel: StreamingLogMel  # of the audio from `committed` on
     chunks: list[Audio] = field(default_factory=list)
     samples: int = 0
     speech: list[bool] = field(default_factory=list)  # one decision per 30 ms frame
@@ -167,7 +165,6 @@ class StreamSession:
         utterance.chunks.append(samples)
         utterance.samples += len(samples)
         self._received += len(samples)
-        utterance.log_mel.push(samples)
         flags = utterance.vad.push(samples)
         utterance.speech.extend(flags)
         if self._tracks_speech:
@@ -224,8 +221,7 @@ class StreamSession:
     # ---- internals ------------------------------------------------------------------------
     def _start_utterance(self) -> _Utterance:
         vad = StreamingVad(self.pipeline.vad_aggressiveness)
-        log_mel = self.pipeline.stream_log_mel()
-        self._open = _Utterance(self._next_id, origin=self._received, vad=vad, log_mel=log_mel)
+        self._open = _Utterance(self._next_id, origin=self._received, vad=vad)
         self._next_id += 1
         return self._open
 
@@ -243,16 +239,12 @@ class StreamSession:
         options = self.config.options
         if utterance.language is not None:
             options = replace(options, language=utterance.language)  # one language per utterance
-        # All the audio since the last commit (a release's, a partial's): its log-mel is
-        # already computed but for the last few frames.
-        since_commit = start == utterance.committed and end == utterance.samples
         transcript = await self.pipeline.transcribe(
             utterance.audio(start, end),
             options,
             priority=priority,
             offset=(utterance.origin + start) / SAMPLE_RATE,
             speech=utterance.speech_spans(start, end),
-            log_mel=utterance.log_mel.window() if since_commit else None,
         )
         if utterance.language is None and transcript.segments:
             utterance.language = transcript.language
@@ -314,8 +306,6 @@ class StreamSession:
 
     def _cut_segment(self, utterance: _Utterance, end: int) -> None:
         start, utterance.committed = utterance.committed, end
-        utterance.log_mel = self.pipeline.stream_log_mel()
-        utterance.log_mel.push(utterance.audio(end, utterance.samples))
         utterance.speech_since_commit = False
         self._drop_partial(utterance)
         utterance.last_segment = self._post(

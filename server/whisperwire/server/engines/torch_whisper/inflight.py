@@ -22,13 +22,12 @@ leaves at the next boundary, so a file's detection never stops the windows in fl
 
 Urgent windows (push-to-talk finals) decode ahead of the rest: they take the lowest slots,
 the others from `rows // 16` up, and while an urgent window is in flight an advance steps only
-the smallest bucket of slots that holds the urgent ones, until one of them finishes. The
-other rows wait, untouched, a step costs what a few rows cost rather than what the whole
-engine costs, and no bulk window's step lengthens a final's. Windows other than urgent ones
-admitted meanwhile keep their slot but are encoded at the next advance that steps every row,
-as one batch, so their encoder batch does not lengthen the final's either. At most
-LANE_ADVANCES of any LANE_WINDOW advances step only urgent slots, so urgent work arriving back
-to back cannot stall the rest.
+the smallest bucket of slots that holds the urgent ones. The other rows wait, untouched, a
+step costs what a few rows cost rather than what the whole engine costs, and no bulk window's
+step lengthens a final's. Windows other than urgent ones admitted meanwhile keep their slot
+but are encoded at the next advance that steps every row, as one batch, so their encoder
+batch does not lengthen the final's either. At most LANE_ADVANCES of any LANE_WINDOW
+advances step only urgent slots, so urgent work arriving back to back cannot stall the rest.
 
 Memory is fixed at construction (cache and state for `rows` slots): a full engine refuses
 admissions (free_slots is 0), it never allocates more.
@@ -61,7 +60,6 @@ from whisperwire.server.engines.torch_whisper.model import (
 )
 
 STEPS_PER_ADVANCE = 16  # decode steps between host reads of which rows finished
-STEPS_PER_LANE = 64  # most steps of an advance that steps only urgent slots (it ends early)
 CHECK_EVERY = 4  # steps between looks at whether an advance should end early
 LANE_WINDOW, LANE_ADVANCES = 10, 8  # most advances of any 10 that step only urgent slots
 RuleConfig = tuple[tuple[int, ...], bool]  # (suppress_tokens, suppress_blank)
@@ -128,11 +126,10 @@ class InflightDecoder:
         use_cuda_graphs: bool,
         capture_encoder: bool = True,
         steps_per_advance: int = STEPS_PER_ADVANCE,
-        steps_per_lane: int = STEPS_PER_LANE,
     ) -> None:
         param = next(model.parameters())
         self.model, self.special, self.encode, self.rows = model, special, encode, rows
-        self.steps_per_advance, self.steps_per_lane = steps_per_advance, steps_per_lane
+        self.steps_per_advance = steps_per_advance
         self.device = param.device
         self.text_ctx = model.dims.n_text_ctx
         # One row more than the slots: where a captured admission's padding rows write.
@@ -329,10 +326,10 @@ class InflightDecoder:
 
     @torch.inference_mode()
     def advance(self, interrupted: Callable[[], bool] = lambda: False) -> dict[int, Finished]:
-        """Run up to `steps_per_advance` decode steps over the occupied slots (while an
-        urgent window is in flight, up to `steps_per_lane` over only the urgent windows'
-        bucket); return (and free) the windows that finished, by ticket. Every CHECK_EVERY
-        steps the advance may end early: once an urgent window finished, or `interrupted()`."""
+        """Run up to `steps_per_advance` decode steps over the occupied slots (only the
+        urgent windows' bucket while one is in flight); return (and free) the windows that
+        finished, by ticket. Every CHECK_EVERY steps the advance may end early: once an
+        urgent window finished, or `interrupted()`."""
         lane = self._lane_open()
         self._lanes.append(lane)
         if not lane:
@@ -350,16 +347,12 @@ class InflightDecoder:
         occupied = [slot for slot in occupied if slot < rows]  # the others wait
         reach = max(self._reach[slot] for slot in occupied)  # every row moves one a step
         watch = _EarlyEnd(self, urgent, interrupted)
-        # A lane runs until its urgent window finishes (or work waits to join), not back
-        # to the scheduler every few steps: each return costs a trip through a busy
-        # event loop, on a final's path.
-        limit = self.steps_per_lane if lane else self.steps_per_advance
         steps = 0
-        while steps < limit:
-            chunk = min(CHECK_EVERY, limit - steps)
+        while steps < self.steps_per_advance:
+            chunk = min(CHECK_EVERY, self.steps_per_advance - steps)
             self._steps(rows, reach + steps, chunk)
             steps += chunk
-            if steps < limit and watch.ends_after_queued_steps():
+            if steps < self.steps_per_advance and watch.ends_after_queued_steps():
                 break
         for slot in occupied:
             self._reach[slot] = min(self._reach[slot] + steps, self.text_ctx - 1)
