@@ -269,7 +269,9 @@ class PcmDecoder:
     def _to_float(self, interleaved: _RawPcm) -> Samples:
         if self._is_float:
             return interleaved.astype(np.float32)
-        return np.multiply(interleaved, _S16_SCALE, dtype=np.float32)
+        samples = interleaved.astype(np.float32)
+        samples *= _S16_SCALE
+        return samples
 
     def _to_frame(self, interleaved: _RawPcm) -> av.AudioFrame:
         frame = av.AudioFrame.from_ndarray(
