@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,8 +20,9 @@ WHOLE = vad.speech_flags(CLIP)
 @given(sizes=st.lists(st.integers(min_value=1, max_value=2_000), min_size=1, max_size=12))
 def test_a_stream_in_chunks_of_any_size_gets_the_whole_clips_decisions(sizes: list[int]) -> None:
     streaming, flags, start = vad.StreamingVad(), [], 0
-    while start < len(CLIP):
-        size = sizes[len(flags) % len(sizes)]
+    for size in itertools.cycle(sizes):
+        if start >= len(CLIP):
+            break
         flags += streaming.push(CLIP[start : start + size])
         start += size
 

@@ -35,7 +35,7 @@ class Span:
 def to_pcm16(audio: npt.NDArray[np.float32]) -> bytes:
     # Scaled, then clipped in place with bare ufuncs: np.clip's Python wrapper costs more
     # than the arithmetic on a stream's 20 ms chunk, and every chunk of every stream pays it.
-    scaled = np.multiply(audio, 32767.0, dtype=np.float32)
+    scaled = np.multiply(audio, 32767.0)
     np.minimum(scaled, 32767.0, out=scaled)
     np.maximum(scaled, -32767.0, out=scaled)
     return scaled.astype("<i2").tobytes()
