@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 from hypothesis import given, settings
@@ -38,11 +39,13 @@ def test_twenty_ms_chunks_decide_each_thirty_ms_frame_once_it_is_complete() -> N
     assert counts == [0, 1, 1, 0, 1, 1]  # 20, 40, 60, 80, 100, 120 ms: frames end at 30, 60...
 
 
-def test_pcm16_conversion_scales_and_clips() -> None:
-    audio = np.array([-2.0, -1.0, -0.5, 0.0, 1e-5, 0.5, 1.0, 3.0], dtype=np.float32)
+def test_pcm16_conversion_scales_and_clips_without_overflowing() -> None:
+    audio = np.array([-3e38, -2.0, -1.0, -0.5, 0.0, 1e-5, 0.5, 1.0, 3e38], dtype=np.float32)
 
-    pcm = np.frombuffer(vad.to_pcm16(audio), "<i2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way
+        pcm = np.frombuffer(vad.to_pcm16(audio), "<i2")
 
-    expected = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    expected = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")  # the formula it replaced
     np.testing.assert_array_equal(pcm, expected)
     assert pcm[0] == -32767 and pcm[-1] == 32767
