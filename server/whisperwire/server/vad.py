@@ -44,12 +44,7 @@ def to_pcm16(audio: npt.NDArray[np.float32]) -> bytes:
 
 def speech_flags(audio: npt.NDArray[np.float32], aggressiveness: int = 2) -> list[bool]:
     """One webrtcvad decision per 30 ms frame (a trailing partial frame is dropped)."""
-    vad = webrtcvad.Vad(aggressiveness)
-    pcm = to_pcm16(audio)
-    step = FRAME_SAMPLES * 2
-    return [
-        vad.is_speech(pcm[i : i + step], SAMPLE_RATE) for i in range(0, len(pcm) - step + 1, step)
-    ]
+    return StreamingVad(aggressiveness).push(audio)
 
 
 def speech_spans(
