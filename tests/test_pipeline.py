@@ -65,11 +65,13 @@ async def test_language_identification(base_pipeline: SpeechPipeline) -> None:
 
 
 async def test_translate_chinese_to_english(base_pipeline: SpeechPipeline) -> None:
+    # Greedy only: base's greedy translation fails the fallback checks, and the sampled
+    # fallbacks draw from an unseeded generator (about one run in ten gave one word).
     transcript = await base_pipeline.transcribe_bytes(
-        CHINESE.read(), DecodeOptions(task=Task.TRANSLATE)
+        CHINESE.read(), DecodeOptions(task=Task.TRANSLATE, temperatures=(0.0,))
     )
     assert transcript.language == "zh"
-    # base translates this clip loosely (fallback sampling varies); it must be English words.
+    # base translates this clip loosely; it must be English words.
     letters = [ch for ch in transcript.text if ch.isalpha()]
     ascii_share = sum(ch.isascii() for ch in letters) / max(1, len(letters))
     assert len(transcript.text.split()) >= 3 and ascii_share >= 0.8, transcript.text
