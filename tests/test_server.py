@@ -30,7 +30,7 @@ from tests.speech import (
     to_s16le,
     wer,
 )
-from whisperwire.server.app import DECODE_WORKER_NICENESS
+from whisperwire.server.decode_pool import DECODE_WORKER_NICENESS
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
 from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
@@ -305,7 +305,7 @@ async def test_files_decoded_in_worker_processes(
     async with serving(engine, tokenizer, decode_processes=2) as (running, channel):
         pool = running.pipeline.decode_pool
         assert pool is not None
-        worker_niceness = await asyncio.wrap_future(pool.submit(os.nice, 0))
+        worker_niceness = await asyncio.wrap_future(pool.executor.submit(os.nice, 0))
         assert worker_niceness == min(19, os.nice(0) + DECODE_WORKER_NICENESS)
         replies = await asyncio.gather(
             *(

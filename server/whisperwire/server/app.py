@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import multiprocessing
 import os
 import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from whisperwire.server.auth import BearerTokenInterceptor
 from whisperwire.server.config import NetworkSettings, ServerSettings
+from whisperwire.server.decode_pool import DecodePool
 from whisperwire.server.domain import DecodeOptions
 from whisperwire.server.engine import Engine
 from whisperwire.server.errors import ConfigurationError as ConfigurationError  # re-exported
@@ -152,7 +151,7 @@ class RunningServer:
         await asyncio.gather(*stopping)
         await self.scheduler.stop()
         if self.pipeline.decode_pool is not None:
-            self.pipeline.decode_pool.shutdown(wait=False, cancel_futures=True)
+            self.pipeline.decode_pool.shutdown()
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -295,24 +294,8 @@ def _read_pem(path: Path, flag: str) -> bytes:
         raise ConfigurationError(f"cannot read {flag} {path}: {error}") from error
 
 
-def _decode_pool(processes: int) -> ProcessPoolExecutor | None:
-    """Spawned, not forked: the server process holds gRPC threads and perhaps a CUDA context."""
-    if processes == 0:
-        return None
-    return ProcessPoolExecutor(
-        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_bulk_worker
-    )
-
-
-DECODE_WORKER_NICENESS = 10
-
-
-def _bulk_worker() -> None:
-    """A decode worker's log-mel on one BLAS thread: N workers × a per-core BLAS pool would
-    oversubscribe the cores many times over. And uploads are bulk work: on a busy machine the
-    server process (streams' log-mel, the event loop, the engine thread) gets the cores first."""
-    threadpool_limits(limits=1, user_api="blas")
-    os.nice(DECODE_WORKER_NICENESS)
+def _decode_pool(processes: int) -> DecodePool | None:
+    return DecodePool(processes) if processes else None
 
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:

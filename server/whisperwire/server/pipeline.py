@@ -10,15 +10,16 @@ import asyncio
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from whisperwire.server import audio as audio_io
-from whisperwire.server import vad
+from whisperwire.server import handoff, vad
 from whisperwire.server import words as words_mod
 from whisperwire.server.domain import (
     DecodeOptions,
@@ -72,9 +73,9 @@ class SpeechPipeline:
         *,
         max_audio_seconds: float = 3 * 3600,
         vad_aggressiveness: int = 2,
-        decode_pool: Executor | None = None,
+        decode_pool: UploadPool | None = None,
     ) -> None:
-        """`decode_pool` decodes uploaded files (a process pool: off this interpreter's lock);
+        """`decode_pool` decodes uploaded files (in processes: off this interpreter's lock);
         None decodes them on a thread."""
         self.tokenizer = tokenizer
         self.engine = engine
@@ -206,11 +207,14 @@ class SpeechPipeline:
     async def _decode_and_transcribe(
         self, decode: Callable[[], list[Audio]], options: DecodeOptions, priority: Priority
     ) -> Transcript:
-        """Decode and window the upload off the event loop (in the decode pool: another
-        process), then transcribe each channel's windows."""
+        """Decode and window the upload off the event loop (in the decode pool's processes
+        where there is one, else on a thread), then transcribe each channel's windows."""
         started = time.perf_counter()
-        prepare = partial(prepare_upload, decode, self._windowing(options), self.max_audio_seconds)
-        channels = await asyncio.get_running_loop().run_in_executor(self.decode_pool, prepare)
+        how, most = self._windowing(options), self.max_audio_seconds
+        if self.decode_pool is None:
+            channels = await asyncio.to_thread(prepare_upload, decode, how, most)
+        else:
+            channels = await self.decode_pool.prepare(decode, how, most)
         if len(channels) == 1:
             transcript = await self._transcribe_windows(channels[0], options, priority, started)
         else:
@@ -499,6 +503,54 @@ def prepare_upload(
         _check_duration(duration, max_seconds)
         prepared.append(Prepared(duration, plan_windows(samples, how), decoded))
     return prepared
+
+
+@dataclass(frozen=True)
+class ShippedUpload:
+    """prepare_upload's channels on their way from a worker process: with a parcel, their
+    windows' features travel in it (handoff.py) and the windows hold empty placeholders."""
+
+    channels: list[Prepared]
+    parcel: handoff.Parcel | None
+
+
+_SHIPPED_FEATURES: Features = np.zeros((0, 0), np.float32)
+
+
+def prepare_shipped_upload(
+    decode: Callable[[], list[Audio]], how: Windowing, max_seconds: float, directory: Path
+) -> ShippedUpload:
+    """prepare_upload in a decode worker, its features left in `directory` where they fit."""
+    channels = prepare_upload(decode, how, max_seconds)
+    parcel = handoff.send([w.features for c in channels for w in c.windows], directory)
+    if parcel is None:
+        return ShippedUpload(channels, None)  # through the pipe, pickled
+    bare = [
+        replace(c, windows=[replace(w, features=_SHIPPED_FEATURES) for w in c.windows])
+        for c in channels
+    ]
+    return ShippedUpload(bare, parcel)
+
+
+def receive_upload(shipped: ShippedUpload) -> list[Prepared]:
+    """The shipped channels with their features back in their windows (in the server)."""
+    if shipped.parcel is None:
+        return shipped.channels
+    features = iter(handoff.receive(shipped.parcel))
+    return [
+        replace(c, windows=[replace(w, features=next(features)) for w in c.windows])
+        for c in shipped.channels
+    ]
+
+
+class UploadPool(Protocol):
+    """Decodes and windows uploads away from the server's interpreter (decode_pool.py)."""
+
+    async def prepare(
+        self, decode: Callable[[], list[Audio]], how: Windowing, max_seconds: float
+    ) -> list[Prepared]: ...
+
+    def shutdown(self) -> None: ...
 
 
 def _check_duration(duration: float, max_seconds: float) -> None:

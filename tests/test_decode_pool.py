@@ -1,0 +1,116 @@
+"""Uploads decoded in worker processes come back through shared memory (handoff.py): the same
+windows as on a thread, no file left behind, whether the caller waits or goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.grpc_helpers import until
+from tests.speech import HESTER, JFK
+from whisperwire.server import audio as audio_io
+from whisperwire.server import handoff
+from whisperwire.server.decode_pool import DecodePool
+from whisperwire.server.pipeline import Prepared, Windowing, prepare_upload
+
+HOW = Windowing(n_mels=80, vad_aggressiveness=2, per_span=False)
+MAX_SECONDS = 3600.0
+
+
+def _decode(data: bytes) -> list[audio_io.Audio]:
+    return [audio_io.decode_audio(data, max_seconds=MAX_SECONDS)]
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[DecodePool]:
+    pool = DecodePool(2)
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+
+
+def _assert_same(ours: list[Prepared], reference: list[Prepared]) -> None:
+    assert len(ours) == len(reference)
+    for channel, expected in zip(ours, reference, strict=True):
+        assert channel.duration == expected.duration
+        assert len(channel.windows) == len(expected.windows) > 0
+        for window, want in zip(channel.windows, expected.windows, strict=True):
+            assert (window.start, window.end) == (want.start, want.end)
+            assert window.features.dtype == np.float32
+            np.testing.assert_array_equal(window.features, want.features)
+
+
+async def test_windows_come_back_whole_and_leave_no_file(pool: DecodePool) -> None:
+    for clip in (JFK, HESTER):
+        decode = partial(_decode, clip.read())
+        ours = await pool.prepare(decode, HOW, MAX_SECONDS)
+        # The same job pickled through the pool's pipe, as before parcels (in a worker too:
+        # its one BLAS thread rounds the log-mel's matrix product as the parcel's did).
+        piped = pool.executor.submit(prepare_upload, decode, HOW, MAX_SECONDS)
+        _assert_same(ours, await asyncio.wrap_future(piped))
+    assert list(pool.directory.iterdir()) == []
+
+
+def _slow_decode(data: bytes, seconds: float) -> list[audio_io.Audio]:
+    time.sleep(seconds)
+    return _decode(data)
+
+
+async def test_a_caller_that_went_away_leaves_no_file(pool: DecodePool) -> None:
+    """Cancelled while the worker decodes: the worker's job cannot be stopped, and the parcel
+    it writes anyway is removed when it arrives."""
+    await pool.prepare(partial(_decode, JFK.read()), HOW, MAX_SECONDS)  # the workers are up
+    task = asyncio.create_task(
+        pool.prepare(partial(_slow_decode, HESTER.read(), 0.5), HOW, MAX_SECONDS)
+    )
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)  # the job is done by now: its parcel was written
+    assert await until(lambda: not list(pool.directory.iterdir()))
+
+
+async def test_decode_errors_cross_the_process_boundary(pool: DecodePool) -> None:
+    with pytest.raises(Exception) as raised:
+        await pool.prepare(partial(_decode, JFK.read()[:200]), HOW, MAX_SECONDS)
+    with pytest.raises(type(raised.value)):
+        _decode(JFK.read()[:200])
+    assert list(pool.directory.iterdir()) == []
+
+
+def test_parcel_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in ((80, 3000), (3,), (2, 5))]
+    parcel = handoff.send(arrays, tmp_path)
+    assert parcel is not None
+    back = handoff.receive(parcel)
+    for got, want in zip(back, arrays, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_parcel_that_cannot_be_written_is_none(tmp_path: Path) -> None:
+    """The directory is gone (the server stopped while a worker finished): the worker sends
+    its result through the pipe instead, and writes nothing."""
+    gone = tmp_path / "stopped-server"
+    assert handoff.send([np.zeros((2, 2), np.float32)], gone) is None
+    assert not gone.exists()
+
+
+def test_the_directory_is_in_shared_memory_where_there_is_some() -> None:
+    directory = handoff.make_directory()
+    try:
+        assert directory.is_dir()
+        if handoff.SHARED_MEMORY.is_dir():
+            assert directory.parent == handoff.SHARED_MEMORY
+    finally:
+        handoff.remove_directory(directory)
+    assert not directory.exists()
