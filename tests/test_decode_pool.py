@@ -27,6 +27,11 @@ def _decode(data: bytes) -> list[audio_io.Audio]:
     return [audio_io.decode_audio(data, max_seconds=MAX_SECONDS)]
 
 
+def _slow_decode(data: bytes, seconds: float = 0.5) -> list[audio_io.Audio]:
+    time.sleep(seconds)
+    return _decode(data)
+
+
 @pytest.fixture
 async def pool() -> AsyncIterator[DecodePool]:
     pool = DecodePool(2)
@@ -49,27 +54,20 @@ def _assert_same(ours: list[Prepared], reference: list[Prepared]) -> None:
 
 async def test_windows_come_back_whole_and_leave_no_file(pool: DecodePool) -> None:
     for clip in (JFK, HESTER):
-        decode = partial(_decode, clip.read())
-        ours = await pool.prepare(decode, HOW, MAX_SECONDS)
+        ours = await pool.prepare(clip.read(), _decode, HOW, MAX_SECONDS)
         # The same job pickled through the pool's pipe, as before parcels (in a worker too:
         # its one BLAS thread rounds the log-mel's matrix product as the parcel's did).
+        decode = partial(_decode, clip.read())
         piped = pool.executor.submit(prepare_upload, decode, HOW, MAX_SECONDS)
         _assert_same(ours, await asyncio.wrap_future(piped))
     assert list(pool.directory.iterdir()) == []
 
 
-def _slow_decode(data: bytes, seconds: float) -> list[audio_io.Audio]:
-    time.sleep(seconds)
-    return _decode(data)
-
-
 async def test_a_caller_that_went_away_leaves_no_file(pool: DecodePool) -> None:
     """Cancelled while the worker decodes: the worker's job cannot be stopped, and the parcel
     it writes anyway is removed when it arrives."""
-    await pool.prepare(partial(_decode, JFK.read()), HOW, MAX_SECONDS)  # the workers are up
-    task = asyncio.create_task(
-        pool.prepare(partial(_slow_decode, HESTER.read(), 0.5), HOW, MAX_SECONDS)
-    )
+    await pool.prepare(JFK.read(), _decode, HOW, MAX_SECONDS)  # the workers are up
+    task = asyncio.create_task(pool.prepare(HESTER.read(), _slow_decode, HOW, MAX_SECONDS))
     await asyncio.sleep(0.2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -78,9 +76,28 @@ async def test_a_caller_that_went_away_leaves_no_file(pool: DecodePool) -> None:
     assert await until(lambda: not list(pool.directory.iterdir()))
 
 
+async def test_a_job_cancelled_before_it_ran_leaves_no_upload(pool: DecodePool) -> None:
+    """Both workers busy and their queue full (the pool hands workers one job more than
+    there are workers): a sixth caller's job waits in the pool with its upload in a file;
+    cancelled there, it never runs, and its upload file goes."""
+    await pool.prepare(JFK.read(), _decode, HOW, MAX_SECONDS)  # the workers are up
+    busy = [
+        asyncio.create_task(pool.prepare(HESTER.read(), _slow_decode, HOW, MAX_SECONDS))
+        for _ in range(5)
+    ]
+    waiting = asyncio.create_task(pool.prepare(JFK.read(), _decode, HOW, MAX_SECONDS))
+    await asyncio.sleep(0.2)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    for channels in await asyncio.gather(*busy):
+        assert channels[0].windows
+    assert await until(lambda: not list(pool.directory.iterdir()))
+
+
 async def test_decode_errors_cross_the_process_boundary(pool: DecodePool) -> None:
     with pytest.raises(Exception) as raised:
-        await pool.prepare(partial(_decode, JFK.read()[:200]), HOW, MAX_SECONDS)
+        await pool.prepare(JFK.read()[:200], _decode, HOW, MAX_SECONDS)
     with pytest.raises(type(raised.value)):
         _decode(JFK.read()[:200])
     assert list(pool.directory.iterdir()) == []

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
+from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
 from whisperwire.server import handoff
 from whisperwire.server.pipeline import (
-    Audio,
+    Decode,
     Prepared,
     ShippedUpload,
     Windowing,
@@ -38,15 +38,17 @@ class DecodePool:
         self.directory = handoff.make_directory()
 
     async def prepare(
-        self, decode: Callable[[], list[Audio]], how: Windowing, max_seconds: float
+        self, data: bytes, decode: Decode, how: Windowing, max_seconds: float
     ) -> list[Prepared]:
         """Decode and window an upload in a worker; its channels, features and all."""
-        job = partial(prepare_shipped_upload, decode, how, max_seconds, self.directory)
+        sent = await asyncio.to_thread(handoff.send_bytes, data, self.directory)
+        upload = data if sent is None else sent
+        job = partial(prepare_shipped_upload, upload, decode, how, max_seconds, self.directory)
         future = self.executor.submit(job)
         try:
             shipped = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(_discard_unreceived)  # the worker may still finish it
+        except asyncio.CancelledError:  # the worker may still finish the job, or never start it
+            future.add_done_callback(partial(_discard_unreceived, sent))
             raise
         return await asyncio.to_thread(receive_upload, shipped)
 
@@ -55,11 +57,13 @@ class DecodePool:
         handoff.remove_directory(self.directory)
 
 
-def _discard_unreceived(future: Future[ShippedUpload]) -> None:
-    if future.cancelled() or future.exception() is not None:
+def _discard_unreceived(upload: Path | None, future: Future[ShippedUpload]) -> None:
+    """A job whose caller went away: remove its upload if it never ran, its parcel if any."""
+    if future.cancelled():
+        if upload is not None:
+            upload.unlink(missing_ok=True)
         return
-    parcel = future.result().parcel
-    if parcel is not None:
+    if future.exception() is None and (parcel := future.result().parcel) is not None:
         handoff.discard(parcel)
 
 

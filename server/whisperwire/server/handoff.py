@@ -1,4 +1,4 @@
-"""Arrays from a decode worker process to the server through a file in shared memory.
+"""Uploads to the decode worker processes, and their log-mel back, through files in shared memory.
 
 A decode worker's result is mostly log-mel: about 1 MB per 30 s window, 8 MB for a
 four-minute upload. Pickled through the process pool's pipe, the server's result thread read
@@ -6,10 +6,11 @@ it in 64 KiB pieces and unpickled it holding the interpreter lock; under many up
 H200 that thread held the lock for about 15 % of the server's wall time, time the event loop
 and the engine thread waited for it. Here the worker writes the arrays into one file (in
 /dev/shm: memory, not disk) and sends only its name and shapes; the server reads them back
-with numpy, which releases the lock while it copies, and unlinks the file at once.
+with numpy, which releases the lock while it copies, and unlinks the file at once. Uploads go
+the same way the other way round.
 
-A worker that cannot write the file (the shared-memory mount is full) returns None and the
-caller sends the arrays through the pipe as before: plain writes fail with an error where
+A file that cannot be written (the shared-memory mount is full) is None, and the data goes
+through the pipe as before: plain writes fail with an error where
 writes into a mapped file would kill the worker with SIGBUS.
 """
 
@@ -48,6 +49,27 @@ def make_directory() -> Path:
 
 def remove_directory(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def send_bytes(data: bytes, directory: Path) -> Path | None:
+    """Write an upload to a new file in `directory` (in the server, on a worker thread: the
+    write releases the lock, where pickling it into the pool's pipe copied it holding the
+    lock); None when it cannot be written."""
+    path = directory / uuid.uuid4().hex
+    try:
+        path.write_bytes(data)
+    except OSError:
+        path.unlink(missing_ok=True)
+        return None
+    return path
+
+
+def receive_bytes(path: Path) -> bytes:
+    """An upload written by send_bytes (in a worker); its file is gone after."""
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def send(arrays: Sequence[Array], directory: Path) -> Parcel | None:

@@ -38,6 +38,7 @@ from whisperwire.server.tokenizer import WhisperTokenizer
 
 Audio = npt.NDArray[np.float32]
 Language = tuple[str | None, float | None]  # (code, probability when detected)
+Decode = Callable[[bytes], list[Audio]]  # an upload's bytes → its channels, 16 kHz
 Part = tuple[float, float, list[int]]  # (start, end, text tokens) of one segment
 MAX_BEAM_SIZE = 8
 
@@ -129,10 +130,9 @@ class SpeechPipeline:
         work unless the caller says otherwise."""
         decode = partial(
             audio_io.decode_audio_channels if options.separate_channels else _as_one_channel,
-            data,
             max_seconds=self.max_audio_seconds,
         )
-        return await self._decode_and_transcribe(decode, options, priority)
+        return await self._decode_and_transcribe(data, decode, options, priority)
 
     async def transcribe_pcm(
         self,
@@ -143,12 +143,14 @@ class SpeechPipeline:
         priority: Priority = Priority.BULK,
     ) -> Transcript:
         """Transcribe raw interleaved PCM of (encoding, sample rate, channels): bulk work."""
+        encoding, sample_rate, channels = layout
         decode = partial(
             audio_io.decode_pcm_channels if options.separate_channels else _pcm_as_one_channel,
-            data,
-            *layout,
+            encoding=encoding,
+            sample_rate=sample_rate,
+            channels=channels,
         )
-        return await self._decode_and_transcribe(decode, options, priority)
+        return await self._decode_and_transcribe(data, decode, options, priority)
 
     async def transcribe(
         self,
@@ -205,16 +207,16 @@ class SpeechPipeline:
         return Transcript(text, segments, language, probability, duration, timings)
 
     async def _decode_and_transcribe(
-        self, decode: Callable[[], list[Audio]], options: DecodeOptions, priority: Priority
+        self, data: bytes, decode: Decode, options: DecodeOptions, priority: Priority
     ) -> Transcript:
         """Decode and window the upload off the event loop (in the decode pool's processes
         where there is one, else on a thread), then transcribe each channel's windows."""
         started = time.perf_counter()
         how, most = self._windowing(options), self.max_audio_seconds
         if self.decode_pool is None:
-            channels = await asyncio.to_thread(prepare_upload, decode, how, most)
+            channels = await asyncio.to_thread(prepare_upload, partial(decode, data), how, most)
         else:
-            channels = await self.decode_pool.prepare(decode, how, most)
+            channels = await self.decode_pool.prepare(data, decode, how, most)
         if len(channels) == 1:
             transcript = await self._transcribe_windows(channels[0], options, priority, started)
         else:
@@ -518,10 +520,12 @@ _SHIPPED_FEATURES: Features = np.zeros((0, 0), np.float32)
 
 
 def prepare_shipped_upload(
-    decode: Callable[[], list[Audio]], how: Windowing, max_seconds: float, directory: Path
+    upload: bytes | Path, decode: Decode, how: Windowing, max_seconds: float, directory: Path
 ) -> ShippedUpload:
-    """prepare_upload in a decode worker, its features left in `directory` where they fit."""
-    channels = prepare_upload(decode, how, max_seconds)
+    """prepare_upload in a decode worker, the upload's bytes in a file (handoff.send_bytes)
+    or here, its features left in `directory` where they fit."""
+    data = handoff.receive_bytes(upload) if isinstance(upload, Path) else upload
+    channels = prepare_upload(partial(decode, data), how, max_seconds)
     parcel = handoff.send([w.features for c in channels for w in c.windows], directory)
     if parcel is None:
         return ShippedUpload(channels, None)  # through the pipe, pickled
@@ -547,7 +551,7 @@ class UploadPool(Protocol):
     """Decodes and windows uploads away from the server's interpreter (decode_pool.py)."""
 
     async def prepare(
-        self, decode: Callable[[], list[Audio]], how: Windowing, max_seconds: float
+        self, data: bytes, decode: Decode, how: Windowing, max_seconds: float
     ) -> list[Prepared]: ...
 
     def shutdown(self) -> None: ...
