@@ -122,6 +122,15 @@ def test_a_parcel_that_cannot_be_written_is_none(tmp_path: Path) -> None:
     assert not gone.exists()
 
 
+def test_files_leave_a_quarter_of_the_mount_free_or_a_gibibyte() -> None:
+    mib, gib = 1 << 20, 1 << 30
+    assert handoff.has_room(free=64 * mib, total=64 * mib, size=48 * mib)  # Docker's /dev/shm
+    assert not handoff.has_room(free=64 * mib, total=64 * mib, size=48 * mib + 1)
+    assert not handoff.has_room(free=10 * mib, total=64 * mib, size=1)
+    assert handoff.has_room(free=56 * gib, total=252 * gib, size=8 * mib)  # a disk
+    assert not handoff.has_room(free=gib, total=252 * gib, size=1)
+
+
 def test_the_directory_is_in_shared_memory_where_there_is_some() -> None:
     directory = handoff.make_directory()
     try:
