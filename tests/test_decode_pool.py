@@ -76,6 +76,16 @@ async def test_a_caller_that_went_away_leaves_no_file(pool: DecodePool) -> None:
     assert await until(lambda: not list(pool.directory.iterdir()))
 
 
+async def test_a_caller_gone_while_its_upload_is_written_leaves_no_file(pool: DecodePool) -> None:
+    task = asyncio.create_task(pool.prepare(HESTER.read(), _decode, HOW, MAX_SECONDS))
+    await asyncio.sleep(0)  # the task is writing the upload's file on a thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.2)
+    assert await until(lambda: not list(pool.directory.iterdir()))
+
+
 async def test_a_job_cancelled_before_it_ran_leaves_no_upload(pool: DecodePool) -> None:
     """Both workers busy and their queue full (the pool hands workers one job more than
     there are workers): a sixth caller's job waits in the pool with its upload in a file;

@@ -5,17 +5,16 @@ A decode worker's result is mostly log-mel: about 1 MB per 30 s window, 8 MB for
 four-minute upload. Pickled through the pipe, the server's result thread read it in 64 KiB
 pieces and unpickled it holding the interpreter lock, and the pool's feeder thread pickled
 every upload into the pipe holding it too. On the H200 under 24 callers uploading back to
-back those two threads held the lock for about 17 % of the server's wall time (py-spy), time
+back those two threads held the lock for about 18 % of the server's wall time (py-spy), time
 that the event loop and the engine thread waited for. Here the sender writes the data to a
 file in /dev/shm (memory, not disk) and sends only its name; the receiver reads it back and
 unlinks it at once. On the server's side both the write and numpy's read release the lock
 while they copy.
 
 Where the data would leave less than a quarter of the mount free (1 GiB on a big one), or a
-write fails, the
-sender gets None and the data goes through the pipe as before: a full /dev/shm (Docker's is
-64 MB) must not starve whatever else uses it. Plain writes fail with an error where writes
-into a mapped file would kill the worker with SIGBUS.
+write fails, the sender gets None and the data goes through the pipe as before: a full
+/dev/shm (Docker's is 64 MB) must not starve whatever else uses it. Plain writes fail with an
+error where writes into a mapped file would kill the worker with SIGBUS.
 """
 
 from __future__ import annotations

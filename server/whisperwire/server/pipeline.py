@@ -12,14 +12,13 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from whisperwire.server import audio as audio_io
-from whisperwire.server import handoff, vad
+from whisperwire.server import vad
 from whisperwire.server import words as words_mod
 from whisperwire.server.domain import (
     DecodeOptions,
@@ -505,46 +504,6 @@ def prepare_upload(
         _check_duration(duration, max_seconds)
         prepared.append(Prepared(duration, plan_windows(samples, how), decoded))
     return prepared
-
-
-@dataclass(frozen=True)
-class ShippedUpload:
-    """prepare_upload's channels on their way from a worker process: with a parcel, their
-    windows' features travel in it (handoff.py) and the windows hold empty placeholders."""
-
-    channels: list[Prepared]
-    parcel: handoff.Parcel | None
-
-
-_SHIPPED_FEATURES: Features = np.zeros((0, 0), np.float32)
-
-
-def prepare_shipped_upload(
-    upload: bytes | Path, decode: Decode, how: Windowing, max_seconds: float, directory: Path
-) -> ShippedUpload:
-    """prepare_upload in a decode worker, the upload's bytes in a file (handoff.send_bytes)
-    or here, its features left in `directory` where they fit."""
-    data = handoff.receive_bytes(upload) if isinstance(upload, Path) else upload
-    channels = prepare_upload(partial(decode, data), how, max_seconds)
-    parcel = handoff.send([w.features for c in channels for w in c.windows], directory)
-    if parcel is None:
-        return ShippedUpload(channels, None)  # through the pipe, pickled
-    bare = [
-        replace(c, windows=[replace(w, features=_SHIPPED_FEATURES) for w in c.windows])
-        for c in channels
-    ]
-    return ShippedUpload(bare, parcel)
-
-
-def receive_upload(shipped: ShippedUpload) -> list[Prepared]:
-    """The shipped channels with their features back in their windows (in the server)."""
-    if shipped.parcel is None:
-        return shipped.channels
-    features = iter(handoff.receive(shipped.parcel))
-    return [
-        replace(c, windows=[replace(w, features=next(features)) for w in c.windows])
-        for c in shipped.channels
-    ]
 
 
 class UploadPool(Protocol):
