@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark with its defaults (about 23 minutes on 2 idle cores), writes
+# Runs every benchmark with its defaults (about 24 minutes on 2 idle cores), writes
 # benchmarks/results/SUMMARY.md and draws the PNGs beside it. Results are JSON files in
 # benchmarks/results/.
 #   benchmarks/run_all.sh            # everything
@@ -24,5 +24,6 @@ run benchmarks.stream_capacity
 run benchmarks.scaling
 run benchmarks.batch_memory
 run benchmarks.http_vs_grpc
+run benchmarks.upload_handoff
 run benchmarks.summary
 run benchmarks.plot

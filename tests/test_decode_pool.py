@@ -63,6 +63,19 @@ async def test_windows_come_back_whole_and_leave_no_file(pool: DecodePool) -> No
     assert list(pool.directory.iterdir()) == []
 
 
+async def test_without_shared_memory_everything_takes_the_pipe() -> None:
+    piped = DecodePool(1, shared_memory=False)
+    try:
+        assert piped.directory is None
+        ours = await piped.prepare(JFK.read(), _decode, HOW, MAX_SECONDS)
+        reference = piped.executor.submit(
+            prepare_upload, partial(_decode, JFK.read()), HOW, MAX_SECONDS
+        )
+        _assert_same(ours, await asyncio.wrap_future(reference))
+    finally:
+        piped.shutdown()
+
+
 async def test_a_caller_that_went_away_leaves_no_file(pool: DecodePool) -> None:
     """Cancelled while the worker decodes: the worker's job cannot be stopped, and the parcel
     it writes anyway is removed when it arrives."""

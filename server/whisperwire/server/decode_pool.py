@@ -27,12 +27,14 @@ DECODE_WORKER_NICENESS = 10
 
 
 class DecodePool:
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, *, shared_memory: bool = True) -> None:
+        """`shared_memory` False sends everything through the pool's pipe (for comparison:
+        benchmarks/upload_handoff.py)."""
         # Spawned, not forked: the server process holds gRPC threads and perhaps a CUDA context.
         self.executor = ProcessPoolExecutor(
             processes, mp_context=multiprocessing.get_context("spawn"), initializer=_bulk_worker
         )
-        self.directory = handoff.make_directory()
+        self.directory = handoff.make_directory() if shared_memory else None
 
     async def prepare(
         self, data: bytes, decode: Decode, how: Windowing, max_seconds: float
@@ -51,7 +53,10 @@ class DecodePool:
 
     async def _send(self, data: bytes) -> Path | None:
         """The upload in a file (written on a thread), or None: it goes through the pipe."""
-        sending = asyncio.ensure_future(asyncio.to_thread(handoff.send_bytes, data, self.directory))
+        if self.directory is None:
+            return None
+        send = asyncio.to_thread(handoff.send_bytes, data, self.directory)
+        sending = asyncio.ensure_future(send)
         try:
             return await asyncio.shield(sending)
         except asyncio.CancelledError:  # the write goes on: its file goes once written
@@ -60,7 +65,8 @@ class DecodePool:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
-        handoff.remove_directory(self.directory)
+        if self.directory is not None:
+            handoff.remove_directory(self.directory)
 
 
 @dataclass(frozen=True)
@@ -76,13 +82,18 @@ _IN_PARCEL: Features = np.zeros((0, 0), np.float32)
 
 
 def _prepare_in_worker(
-    upload: bytes | Path, decode: Decode, how: Windowing, max_seconds: float, directory: Path
+    upload: bytes | Path,
+    decode: Decode,
+    how: Windowing,
+    max_seconds: float,
+    directory: Path | None,
 ) -> _Shipped:
     """prepare_upload in a worker: the upload from its file (or pickled), the windows'
     features into a parcel in `directory` where they fit."""
     data = handoff.receive_bytes(upload) if isinstance(upload, Path) else upload
     channels = prepare_upload(partial(decode, data), how, max_seconds)
-    parcel = handoff.send([w.features for c in channels for w in c.windows], directory)
+    features = [w.features for c in channels for w in c.windows]
+    parcel = None if directory is None else handoff.send(features, directory)
     if parcel is None:
         return _Shipped(channels, None)  # through the pipe, pickled
     bare = [
