@@ -4,6 +4,7 @@ windows as on a thread, no file left behind, whether the caller waits or goes aw
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -17,6 +18,7 @@ from tests.speech import HESTER, JFK
 from whisperwire.server import audio as audio_io
 from whisperwire.server import handoff
 from whisperwire.server.decode_pool import DecodePool
+from whisperwire.server.errors import AudioDecodeError
 from whisperwire.server.pipeline import Prepared, Windowing, prepare_upload
 
 HOW = Windowing(n_mels=80, vad_aggressiveness=2, per_span=False)
@@ -90,6 +92,8 @@ async def test_a_caller_that_went_away_leaves_no_file(pool: DecodePool) -> None:
 
 
 async def test_a_caller_gone_while_its_upload_is_written_leaves_no_file(pool: DecodePool) -> None:
+    """Cancelled while its upload's file is being written on a thread: the write cannot be
+    stopped, and the file goes once written."""
     task = asyncio.create_task(pool.prepare(HESTER.read(), _decode, HOW, MAX_SECONDS))
     await asyncio.sleep(0)  # the task is writing the upload's file on a thread
     task.cancel()
@@ -119,11 +123,9 @@ async def test_a_job_cancelled_before_it_ran_leaves_no_upload(pool: DecodePool) 
 
 
 async def test_decode_errors_cross_the_process_boundary(pool: DecodePool) -> None:
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(AudioDecodeError):
         await pool.prepare(JFK.read()[:200], _decode, HOW, MAX_SECONDS)
-    with pytest.raises(type(raised.value)):
-        _decode(JFK.read()[:200])
-    assert list(pool.directory.iterdir()) == []
+    assert list(pool.directory.iterdir()) == []  # the upload's file went with the failed job
 
 
 def test_parcel_round_trip(tmp_path: Path) -> None:
@@ -158,7 +160,7 @@ def test_the_directory_is_in_shared_memory_where_there_is_some() -> None:
     directory = handoff.make_directory()
     try:
         assert directory.is_dir()
-        if handoff.SHARED_MEMORY.is_dir():
+        if handoff.SHARED_MEMORY.is_dir() and os.access(handoff.SHARED_MEMORY, os.W_OK):
             assert directory.parent == handoff.SHARED_MEMORY
     finally:
         handoff.remove_directory(directory)

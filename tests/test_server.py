@@ -30,7 +30,7 @@ from tests.speech import (
     to_s16le,
     wer,
 )
-from whisperwire.server.decode_pool import DECODE_WORKER_NICENESS
+from whisperwire.server.decode_pool import DECODE_WORKER_NICENESS, DecodePool
 from whisperwire.server.engines.ctranslate2 import CTranslate2Engine
 from whisperwire.server.tokenizer import WhisperTokenizer
 from whisperwire.v1 import transcription_service_pb2 as pb
@@ -300,11 +300,13 @@ async def test_files_decoded_in_worker_processes(
 ) -> None:
     """--decode-processes: uploads decode in spawned processes, at a lower CPU priority than
     the server's; results and decode errors (pickled back across the process boundary) are
-    the same as on threads."""
+    the same as on threads. Uploads and log-mel travel through shared memory, and no file
+    outlives its call or the server."""
     engine, tokenizer = tiny_engine
     async with serving(engine, tokenizer, decode_processes=2) as (running, channel):
         pool = running.pipeline.decode_pool
-        assert pool is not None
+        assert isinstance(pool, DecodePool) and pool.directory is not None
+        handoff_directory = pool.directory
         worker_niceness = await asyncio.wrap_future(pool.executor.submit(os.nice, 0))
         assert worker_niceness == min(19, os.nice(0) + DECODE_WORKER_NICENESS)
         replies = await asyncio.gather(
@@ -319,3 +321,5 @@ async def test_files_decoded_in_worker_processes(
             await stub(channel).Transcribe(pb.TranscribeRequest(audio_content=JFK.read()[:200]))
         code, reason, _, _ = error_info(raised.value)
         assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "AUDIO_DECODE_FAILED")
+        assert list(handoff_directory.iterdir()) == []
+    assert not handoff_directory.exists()
