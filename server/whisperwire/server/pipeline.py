@@ -211,11 +211,12 @@ class SpeechPipeline:
         """Decode and window the upload off the event loop (in the decode pool's processes
         where there is one, else on a thread), then transcribe each channel's windows."""
         started = time.perf_counter()
-        how, most = self._windowing(options), self.max_audio_seconds
+        how, max_seconds = self._windowing(options), self.max_audio_seconds
         if self.decode_pool is None:
-            channels = await asyncio.to_thread(prepare_upload, partial(decode, data), how, most)
+            job = partial(prepare_upload, partial(decode, data), how, max_seconds)
+            channels = await asyncio.to_thread(job)
         else:
-            channels = await self.decode_pool.prepare(data, decode, how, most)
+            channels = await self.decode_pool.prepare(data, decode, how, max_seconds)
         if len(channels) == 1:
             transcript = await self._transcribe_windows(channels[0], options, priority, started)
         else:
