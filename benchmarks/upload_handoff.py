@@ -20,20 +20,16 @@ import asyncio
 import time
 from typing import Any
 
-import numpy as np
-
 from benchmarks.common import (
-    ENGLISH_CLIPS,
     Figure,
     Run,
     interleaved,
-    load_clip,
     median,
     package_versions,
     percentile,
     report,
 )
-from tests.speech import silence, to_wav_bytes
+from benchmarks.gpu_mixed import long_file
 from whisperwire.server import audio as audio_io
 from whisperwire.server.decode_pool import DecodePool
 from whisperwire.server.pipeline import Windowing
@@ -41,12 +37,6 @@ from whisperwire.server.pipeline import Windowing
 HOW = Windowing(n_mels=80, vad_aggressiveness=2, per_span=False)
 MAX_SECONDS = 3 * 3600.0
 SIDES = ("shared_memory", "pipe")
-
-
-def long_upload(cycles: int) -> tuple[bytes, float]:
-    parts = [p for _ in range(cycles) for c in ENGLISH_CLIPS for p in (load_clip(c), silence(1))]
-    audio = np.concatenate(parts)
-    return to_wav_bytes(audio), len(audio) / 16000
 
 
 def decode(data: bytes) -> list[audio_io.Audio]:
@@ -83,7 +73,7 @@ async def one_side(pool: DecodePool, upload: bytes, args: argparse.Namespace) ->
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    upload, seconds = long_upload(args.cycles)
+    upload, seconds = long_file(args.cycles)  # the H200 runs' file (gpu_mixed)
     pools = {
         "shared_memory": DecodePool(args.processes),
         "pipe": DecodePool(args.processes, shared_memory=False),

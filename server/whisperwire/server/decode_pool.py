@@ -9,8 +9,10 @@ goes to its worker, and its windows' log-mel comes back, through files in shared
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -96,20 +98,21 @@ def _prepare_in_worker(
     parcel = None if directory is None else handoff.send(features, directory)
     if parcel is None:
         return _Shipped(channels, None)  # through the pipe, pickled
-    bare = [
-        replace(c, windows=[replace(w, features=_IN_PARCEL) for w in c.windows]) for c in channels
-    ]
-    return _Shipped(bare, parcel)
+    return _Shipped(_with_features(channels, itertools.repeat(_IN_PARCEL)), parcel)
 
 
 def _receive(shipped: _Shipped) -> list[Prepared]:
     """The shipped channels with their features back in their windows (in the server)."""
     if shipped.parcel is None:
         return shipped.channels
-    features = iter(handoff.receive(shipped.parcel))
+    return _with_features(shipped.channels, iter(handoff.receive(shipped.parcel)))
+
+
+def _with_features(channels: list[Prepared], features: Iterator[Features]) -> list[Prepared]:
+    """The channels with each window's features taken in turn from `features`."""
     return [
         replace(c, windows=[replace(w, features=next(features)) for w in c.windows])
-        for c in shipped.channels
+        for c in channels
     ]
 
 
